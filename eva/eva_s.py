@@ -1,0 +1,87 @@
+"""Eva-s: Shampoo vectorized with per-dimension mean vectors (§4.2, Eq. 22–23)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from eva.comm import Reducer
+from eva.layers import Layer
+from eva.preconditioner import DEFAULT, Preconditioner
+from eva.scaling import Scaling
+
+
+def mode_means(grad: Tensor) -> list[Tensor]:
+    """``v_i = mean_{-i}(G)``: the mean of the gradient tensor over all dimensions but ``i``."""
+    dims = range(grad.dim())
+    return [grad.mean(dim=[j for j in dims if j != i]) for i in dims]
+
+
+def outer(vectors: list[Tensor]) -> Tensor:
+    """The rank-one tensor ``v_1 ∘ v_2 ∘ ... ∘ v_k`` (shape ``(d_1, ..., d_k)``)."""
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out.unsqueeze(-1) * v
+    return out
+
+
+class EvaS(Preconditioner):
+    """Eva-s (Eq. 23) with grafting to the gradient norm (§4.2).
+
+    Acts on each layer's weight gradient as a tensor of its own shape (a convolution's as 4-D);
+    biases stay first-order. With ``C = ⊗_i v_i v_iᵀ`` (Eq. 22), Sherman–Morrison gives::
+
+        P = (G − (G ×_1 v_1 v_1ᵀ ⋯ ×_k v_k v_kᵀ) / (γ + Π_i ‖v_i‖²)) / γ
+
+    where the product term is the scalar ``⟨G, v_1 ∘ ⋯ ∘ v_k⟩`` times ``v_1 ∘ ⋯ ∘ v_k``.
+    Each layer's ``P`` is then rescaled to ``‖G‖`` (grafting), so the overall scale of ``P`` does
+    not matter.
+
+    Statistics: by default (``running_avg=None``) the ``v_i`` are summed over steps, as in the
+    runs behind the paper's Fig. 8 ("β₂ = 1"). Since the denominator ``γ + Π‖v_i‖²`` is not
+    scale-invariant, sums and means differ in effect; ``running_avg=ξ`` gives Eq. 14's average.
+
+    Args:
+        running_avg: ``None`` (default, running sums) or ξ ∈ (0, 1].
+        Others: as :class:`~eva.preconditioner.Preconditioner`; ``scaling`` defaults to ``"graft"``.
+    """
+
+    include_bias = False
+    allow_running_sum = True
+    default_scaling = "graft"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        damping: float = 0.03,
+        running_avg: float | None = None,
+        kl_clip: float | None = 0.001,
+        scaling: Scaling | str = DEFAULT,
+        update_interval: int = 1,
+        skip_layers: Iterable[str] = (),
+        enabled: bool = True,
+        reducer: Reducer | None = None,
+    ) -> None:
+        super().__init__(
+            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
+            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
+            enabled=enabled, reducer=reducer,
+        )  # fmt: skip
+
+    def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:
+        """The mode means ``v_i`` of Eq. 22, on refresh steps."""
+        if not self.refresh_step:
+            return {}
+        return {f"v{i}": v for i, v in enumerate(mode_means(grad))}
+
+    def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
+        """Eq. 23 for one weight tensor."""
+        vs = [state[f"v{i}"] for i in range(grad.dim())]
+        v = outer(vs)
+        norms = torch.stack([u @ u for u in vs]).prod()
+        gamma = self.damping
+        return (grad - (grad * v).sum() / (gamma + norms) * v) / gamma

@@ -1,0 +1,81 @@
+"""FOOF: right-sided K-FAC on the input factor (§2.2, Eq. 6), and its rank-1 form (Eq. 24–26)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from eva.comm import Reducer
+from eva.kfac import damped_inverse
+from eva.layers import Layer
+from eva.preconditioner import DEFAULT, Preconditioner, check_int
+from eva.scaling import Scaling
+from eva.statistics import ConvFactors
+
+
+class FOOF(Preconditioner):
+    """FOOF (Eq. 6): ``P = G (R + γI)⁻¹``; with ``rank=1``, Eq. 26.
+
+    ``rank=1`` keeps only the top eigenpair ``(λ₁, u₁)`` of ``R`` (Eq. 24–26)::
+
+        P = (G − λ₁ / (γ + λ₁) · G u₁ u₁ᵀ) / γ
+
+    Defaults follow the runs behind the paper (DESIGN.md): the factor is refreshed every 50 steps
+    from that step's batch alone (``running_avg=1``) and the step is KL-clipped with κ = 0.001.
+
+    Args:
+        rank: ``None`` (default) for the full inverse, ``1`` for Eq. 26.
+        update_interval: Factor/inverse refresh interval. Default 50.
+        running_avg: Weight of the current factor. Default 1.0 (no history).
+        conv_factors: As :class:`~eva.kfac.KFAC`.
+        Others: as :class:`~eva.preconditioner.Preconditioner`.
+    """
+
+    statistics_needed = ("a_factor",)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        damping: float = 0.03,
+        running_avg: float | None = 1.0,
+        kl_clip: float | None = 0.001,
+        scaling: Scaling | str = DEFAULT,
+        update_interval: int = 50,
+        rank: int | None = None,
+        conv_factors: ConvFactors = "reduce",
+        skip_layers: Iterable[str] = (),
+        stat_batch: int | None = None,
+        enabled: bool = True,
+        reducer: Reducer | None = None,
+    ) -> None:
+        if rank is not None and rank != 1:
+            check_int("rank", rank)
+            raise ValueError(f"rank must be None (full inverse) or 1 (Eq. 26), got {rank!r}")
+        super().__init__(
+            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
+            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
+            stat_batch=stat_batch, conv_factors=conv_factors, enabled=enabled, reducer=reducer,
+        )  # fmt: skip
+        self.rank = rank
+
+    def update_state(self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]) -> None:
+        """Running-average ``R``, then refresh its damped inverse or its top eigenpair."""
+        super().update_state(layer, state, current)
+        r = state["a_factor"]
+        if self.rank == 1:
+            eigvals, eigvecs = torch.linalg.eigh(r)
+            state["eigval"], state["eigvec"] = eigvals[-1], eigvecs[:, -1].clone()
+        else:
+            state["r_inv"] = damped_inverse(r, self.damping)
+
+    def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
+        """Eq. 6 (or Eq. 26 with ``rank=1``) for one layer."""
+        if self.rank != 1:
+            return grad @ state["r_inv"]
+        lam, u = state["eigval"], state["eigvec"]
+        gamma = self.damping
+        return (grad - (lam / (gamma + lam)) * torch.outer(grad @ u, u)) / gamma

@@ -1,0 +1,332 @@
+"""The machinery every preconditioner shares.
+
+A preconditioner wraps a model and its first-order optimizer. Hooks on the supported layers keep
+only the statistics the algorithm needs (means or mean outer products, never the activations);
+:meth:`Preconditioner.step` then, after ``loss.backward()`` and before ``optimizer.step()``:
+
+1. on refresh steps (every ``update_interval``-th), averages the statistics collected since the
+   last step across workers and folds them into the running state (Eq. 14–15);
+2. preconditions every layer's gradient with the algorithm's own equation;
+3. applies the step-size control (``scaling``: KL clipping Eq. 16, KL normalization §4.1,
+   grafting §4.2, or none) over all layers;
+4. writes the result back into ``.grad`` in place.
+
+An algorithm subclass declares which statistics it needs and implements :meth:`precondition`;
+it may extend :meth:`update_state` (e.g. to refresh inverses).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from eva import statistics
+from eva.comm import Reducer, default_reducer
+from eva.layers import Layer, find_layers
+from eva.scaling import SCALINGS, Scaling, apply_scaling
+from eva.statistics import CONV_FACTORS, ConvFactors
+
+DEFAULT = "default"
+"""Sentinel for ``scaling``: the algorithm's own default (``default_scaling``)."""
+
+INPUT_STATS = ("a_mean", "a_factor")
+GRAD_STATS = ("g_mean", "g_factor")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_int(name: str, value: int, low: int = 1) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ≥ ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_running_avg(value: float | None, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` unless ξ lies in (0, 1] (or is ``None`` where sums are allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"running_avg must be in (0, 1], got {value!r}")
+
+
+class Preconditioner:
+    """Base class: layer discovery, statistics hooks, running averages, scaling, state dict.
+
+    Args:
+        model: The model whose ``nn.Linear`` / ``nn.Conv2d`` layers (subclasses included) are
+            preconditioned; other parameters are left to the optimizer.
+        optimizer: The first-order optimizer that takes the step. Its
+            ``param_groups[0]["lr"]`` is the α of KL clipping (Eq. 16), read at every step.
+        damping: γ > 0. Default 0.03.
+        running_avg: ξ ∈ (0, 1], the weight of the *current* statistics in the running average
+            (Eq. 14–15); the first refresh takes the current statistics as they are. Default 0.95.
+        kl_clip: κ ≥ 0 of KL clipping (Eq. 16); ``None`` disables clipping. Default 0.001.
+        scaling: ``"kl_clip"``, ``"kl_norm"``, ``"graft"`` or ``None``; ``"default"`` picks the
+            algorithm's own (``default_scaling``).
+        update_interval: Second-order state is refreshed every this many steps. Default 1.
+        skip_layers: ``fnmatch`` patterns of module names (or class names) to leave first-order.
+        stat_batch: Use only the first ``stat_batch`` samples of a batch for statistics
+            (the Eva authors' code used 16); ``None`` (default) uses the whole local batch.
+        enabled: When ``False``, :meth:`step` and the hooks do nothing, so training is exactly
+            the first-order optimizer's. Can be toggled at any time via the attribute.
+        reducer: How statistics are averaged across workers; default: all-reduce when
+            ``torch.distributed`` is initialised with more than one process, else nothing.
+
+    Raises:
+        ValueError: a hyper-parameter out of range, or a model with no supported layer.
+    """
+
+    statistics_needed: ClassVar[tuple[str, ...]] = ()
+    """Which per-batch statistics the hooks collect: a subset of ``a_mean``, ``g_mean`` (Eq. 10),
+    ``a_factor``, ``g_factor`` (Eq. 4)."""
+    default_scaling: ClassVar[Scaling] = "kl_clip"
+    include_bias: ClassVar[bool] = True
+    """``True``: the layer's gradient is the matrix ``G`` with the bias column; ``False``: the
+    weight gradient as its own tensor (bias left first-order)."""
+    allow_running_sum: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        damping: float = 0.03,
+        running_avg: float | None = 0.95,
+        kl_clip: float | None = 0.001,
+        scaling: Scaling | str = DEFAULT,
+        update_interval: int = 1,
+        skip_layers: Iterable[str] = (),
+        stat_batch: int | None = None,
+        conv_factors: ConvFactors = "reduce",
+        enabled: bool = True,
+        reducer: Reducer | None = None,
+    ) -> None:
+        check_positive("damping", damping)
+        check_running_avg(running_avg, allow_none=self.allow_running_sum)
+        if kl_clip is not None and (not isinstance(kl_clip, int | float) or not kl_clip >= 0):
+            raise ValueError(f"kl_clip must be >= 0 or None, got {kl_clip!r}")
+        if scaling == DEFAULT:
+            scaling = self.default_scaling
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        check_int("update_interval", update_interval)
+        if stat_batch is not None:
+            check_int("stat_batch", stat_batch)
+        if conv_factors not in CONV_FACTORS:
+            raise ValueError(f"conv_factors must be one of {CONV_FACTORS}, got {conv_factors!r}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+
+        self.model = model
+        self.optimizer = optimizer
+        self.damping = float(damping)
+        self.running_avg = None if running_avg is None else float(running_avg)
+        self.kl_clip = None if kl_clip is None else float(kl_clip)
+        self.scaling: Scaling = scaling  # type: ignore[assignment]
+        self.update_interval = update_interval
+        self.stat_batch = stat_batch
+        self.conv_factors: ConvFactors = conv_factors
+        self.enabled = enabled
+        self.reducer = reducer if reducer is not None else default_reducer()
+
+        self.layers = find_layers(model, skip_layers)
+        if not self.layers:
+            raise ValueError(
+                "model has no supported layer to precondition (nn.Linear / nn.Conv2d with "
+                "groups=1 and a trainable weight, not matched by skip_layers)"
+            )
+        self.steps = 0
+        self.state: dict[str, dict[str, Tensor]] = {layer.name: {} for layer in self.layers}
+        self._pending: dict[str, dict[str, list[Any]]] = {layer.name: {} for layer in self.layers}
+        self._handles: list[RemovableHandle] = []
+        if self.statistics_needed:
+            for layer in self.layers:
+                self._handles.append(
+                    layer.module.register_forward_hook(partial(self._forward_hook, layer))
+                )
+
+    # ------------------------------------------------------------------ statistics capture
+    @property
+    def refresh_step(self) -> bool:
+        """Whether the coming :meth:`step` refreshes second-order state (statistics are captured)."""
+        return self.steps % self.update_interval == 0
+
+    def _capturing(self, module: nn.Module) -> bool:
+        return self.enabled and self.refresh_step and module.training and torch.is_grad_enabled()
+
+    def _accumulate(self, layer: Layer, key: str, value: Tensor) -> None:
+        slot = self._pending[layer.name].get(key)
+        if slot is None:
+            self._pending[layer.name][key] = [value, 1]
+        else:
+            slot[0] = slot[0] + value
+            slot[1] += 1
+
+    def _prepare(self, layer: Layer, t: Tensor) -> Tensor:
+        t = t.detach()
+        if self.stat_batch is not None and not (layer.is_conv and t.dim() == 3):
+            t = t[: self.stat_batch]
+        return t.to(layer.weight.dtype)
+
+    def _forward_hook(self, layer: Layer, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        if not self._capturing(module):
+            return
+        x = self._prepare(layer, inputs[0])
+        bias = layer.has_bias and self.include_bias
+        if "a_mean" in self.statistics_needed:
+            self._accumulate(layer, "a_mean", statistics.input_mean(module, x, bias))
+        if "a_factor" in self.statistics_needed:
+            factor = statistics.input_factor(module, x, bias, self.conv_factors)
+            self._accumulate(layer, "a_factor", factor)
+        if output.requires_grad and any(k in self.statistics_needed for k in GRAD_STATS):
+            output.register_hook(partial(self._grad_hook, layer))
+
+    def _grad_hook(self, layer: Layer, grad_output: Tensor) -> None:
+        gy = self._prepare(layer, grad_output)
+        if "g_mean" in self.statistics_needed:
+            self._accumulate(layer, "g_mean", statistics.grad_mean(layer.module, gy))
+        if "g_factor" in self.statistics_needed:
+            factor = statistics.grad_factor(layer.module, gy, self.conv_factors)
+            self._accumulate(layer, "g_factor", factor)
+
+    def _current_statistics(self) -> dict[str, dict[str, Tensor]]:
+        """The statistics of this step (means over micro-batches), averaged across workers."""
+        current = {
+            name: {key: total / count for key, (total, count) in pending.items()}
+            for name, pending in self._pending.items()
+            if pending
+        }
+        self.reducer.average([t for stats in current.values() for t in stats.values()])
+        for pending in self._pending.values():
+            pending.clear()
+        return current
+
+    # ------------------------------------------------------------------ algorithm interface
+    def running_average(self, state: dict[str, Tensor], key: str, current: Tensor) -> None:
+        """Eq. 14–15: ``state[key] ← ξ·current + (1 − ξ)·state[key]``; the first one as is.
+
+        With ``running_avg=None`` (where the algorithm allows it) statistics are summed instead.
+        """
+        old = state.get(key)
+        if old is None:
+            state[key] = current.clone()
+        elif self.running_avg is None:
+            old.add_(current)
+        else:
+            old.lerp_(current, self.running_avg)
+
+    def update_state(self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]) -> None:
+        """Fold this refresh step's statistics into the layer's state (default: Eq. 14–15)."""
+        for key, value in current.items():
+            self.running_average(state, key, value)
+
+    def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
+        """Return the preconditioned gradient ``p`` for ``grad`` (a new tensor, same shape)."""
+        raise NotImplementedError
+
+    def gradient(self, layer: Layer) -> Tensor:
+        """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""
+        if self.include_bias:
+            return layer.grad_matrix()
+        return layer.weight.grad.detach().clone()  # type: ignore[union-attr]
+
+    def write_gradient(self, layer: Layer, p: Tensor) -> None:
+        """Write ``p`` (shaped like :meth:`gradient`) back into the layer's ``.grad``."""
+        if self.include_bias:
+            layer.set_grad_matrix(p)
+        else:
+            layer.weight.grad.copy_(p)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ the step
+    @property
+    def lr(self) -> float | Tensor:
+        """The optimizer's current learning rate (α of Eq. 16)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Precondition the gradients of all handled layers in place.
+
+        Call after ``loss.backward()`` and before ``optimizer.step()``. Layers without a gradient
+        this step are left alone.
+        """
+        if not self.enabled:
+            self.steps += 1
+            return
+        refresh = self.refresh_step
+        current = self._current_statistics() if self.statistics_needed and refresh else {}
+        layers, grads, precond = [], [], []
+        for layer in self.layers:
+            if not layer.has_grad():
+                continue
+            state = self.state[layer.name]
+            g = self.gradient(layer)
+            stats = current.get(layer.name, {}) | self.gradient_statistics(layer, g)
+            if stats:
+                self.update_state(layer, state, stats)
+            if not self.ready(state):
+                continue
+            layers.append(layer)
+            grads.append(g)
+            precond.append(self.precondition(layer, state, g))
+        apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
+        for layer, p in zip(layers, precond, strict=True):
+            self.write_gradient(layer, p)
+        self.steps += 1
+
+    def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:
+        """Statistics computed from the (already worker-averaged) gradient, at every step.
+
+        Gradient-based algorithms (Eva-s, Shampoo, M-FAC) return theirs here; they reach
+        :meth:`update_state` together with the hook statistics. Default: none.
+        """
+        return {}
+
+    def ready(self, state: dict[str, Tensor]) -> bool:
+        """Whether a layer's state suffices to precondition (its statistics were seen once)."""
+        return all(key in state for key in self.statistics_needed)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically: step count and per-layer state."""
+        return {
+            "steps": self.steps,
+            "layers": {name: dict(state) for name, state in self.state.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; tensors move to the device of their layer's weight."""
+        layers = state_dict["layers"]
+        expected = {layer.name for layer in self.layers}
+        if set(layers) != expected:
+            missing, extra = sorted(expected - set(layers)), sorted(set(layers) - expected)
+            raise ValueError(f"state_dict layers do not match: missing {missing}, unexpected {extra}")
+        self.steps = int(state_dict["steps"])
+        for layer in self.layers:
+            device = layer.weight.device
+            self.state[layer.name] = {
+                k: v.to(device) if isinstance(v, Tensor) else v for k, v in layers[layer.name].items()
+            }
+
+    def remove_hooks(self) -> None:
+        """Detach from the model (the preconditioner must not be used afterwards)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(layers={len(self.layers)}, damping={self.damping}, "
+            f"running_avg={self.running_avg}, kl_clip={self.kl_clip}, scaling={self.scaling!r}, "
+            f"update_interval={self.update_interval})"
+        )

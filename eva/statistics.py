@@ -1,0 +1,102 @@
+"""Per-batch curvature statistics of a layer: Kronecker vectors (Eq. 10) and factors (Eq. 4).
+
+``x`` is the layer's input and ``gy`` the gradient of the training loss with respect to its output,
+as autograd delivers it (for a batch-mean loss every row carries a 1/n; nothing is rescaled). Rows
+of ``A`` are inputs (for a convolution: im2col patches, length ``C_in·kh·kw``), rows of ``B`` are
+output gradients; a layer with a bias appends a constant 1 to every input row, so that the bias
+gradient is the last column of ``G``.
+
+Convolutions have two conventions for the factors (``conv_factors``):
+
+- ``"reduce"`` (default; what the Eva authors' K-FAC/FOOF ran): one row per sample, the patches
+  and output gradients averaged over spatial positions;
+- ``"expand"`` (Grosse & Martens, 2016): one row per sample and position.
+
+The Kronecker vectors do not depend on that choice: they are the means over samples and positions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ConvFactors = Literal["reduce", "expand"]
+CONV_FACTORS = ("reduce", "expand")
+
+
+def _batched(t: Tensor, layer: nn.Module) -> Tensor:
+    """Give an unbatched convolution input/output its batch dimension back."""
+    return t.unsqueeze(0) if isinstance(layer, nn.Conv2d) and t.dim() == 3 else t
+
+
+def patches(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """im2col patches of ``x`` as the convolution sees them: ``(N, C_in·kh·kw, L)``.
+
+    Padding follows the module exactly (numeric, ``"same"`` and non-zero padding modes).
+    """
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+        padding: int | tuple[int, ...] = 0
+    else:
+        padding = conv.padding  # type: ignore[assignment]
+    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
+
+
+def _append_one(v: Tensor) -> Tensor:
+    """Append a column of ones (the bias input) to the last dimension."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+
+
+def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
+    """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch).
+
+    For a convolution the batch is averaged first and one image unfolded: unfold is linear, so the
+    result equals the mean over all samples and positions without materialising every patch.
+    """
+    x = _batched(x, layer)
+    if isinstance(layer, nn.Conv2d):
+        a = patches(layer, x.mean(dim=0, keepdim=True))[0].mean(dim=1)
+    else:
+        a = x.reshape(-1, x.shape[-1]).mean(dim=0)
+    return _append_one(a) if bias else a
+
+
+def grad_mean(layer: nn.Module, gy: Tensor) -> Tensor:
+    """b̄ of Eq. 10: the mean output-gradient row (convolutions: over samples and positions)."""
+    gy = _batched(gy, layer)
+    if isinstance(layer, nn.Conv2d):
+        return gy.mean(dim=(0, 2, 3))
+    return gy.reshape(-1, gy.shape[-1]).mean(dim=0)
+
+
+def _outer_mean(rows: Tensor) -> Tensor:
+    """``rowsᵀ rows / n``: the mean outer product of the rows."""
+    return rows.t() @ (rows / rows.shape[0])
+
+
+def input_factor(layer: nn.Module, x: Tensor, bias: bool, conv_factors: ConvFactors) -> Tensor:
+    """R of Eq. 4 (as a batch mean): ``mean_i a_i a_iᵀ`` over the input rows."""
+    x = _batched(x, layer)
+    if isinstance(layer, nn.Conv2d):
+        p = patches(layer, x)
+        rows = p.mean(dim=2) if conv_factors == "reduce" else p.transpose(1, 2).flatten(0, 1)
+    else:
+        rows = x.reshape(-1, x.shape[-1])
+    return _outer_mean(_append_one(rows) if bias else rows)
+
+
+def grad_factor(layer: nn.Module, gy: Tensor, conv_factors: ConvFactors) -> Tensor:
+    """Q of Eq. 4 (as a batch mean): ``mean_i b_i b_iᵀ`` over the output-gradient rows."""
+    gy = _batched(gy, layer)
+    if isinstance(layer, nn.Conv2d):
+        if conv_factors == "reduce":
+            rows = gy.mean(dim=(2, 3))
+        else:
+            rows = gy.flatten(2).transpose(1, 2).flatten(0, 1)
+    else:
+        rows = gy.reshape(-1, gy.shape[-1])
+    return _outer_mean(rows)
