@@ -18,6 +18,11 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 class Reducer(Protocol):
     """Averages tensors across workers, in place."""
 
+    @property
+    def world_size(self) -> int:
+        """Number of workers."""
+        ...
+
     def average(self, tensors: list[Tensor]) -> None:
         """Replace every tensor by its mean over all workers."""
         ...
@@ -25,6 +30,8 @@ class Reducer(Protocol):
 
 class LocalReducer:
     """One process: nothing to average."""
+
+    world_size = 1
 
     def average(self, tensors: list[Tensor]) -> None:
         """No-op."""
@@ -42,6 +49,11 @@ class TorchDistributedReducer:
         self.group = group
         self.bucket_bytes = bucket_bytes
 
+    @property
+    def world_size(self) -> int:
+        """Number of processes in the group."""
+        return dist.get_world_size(self.group)
+
     def _buckets(self, tensors: list[Tensor]) -> list[list[Tensor]]:
         buckets: dict[tuple[torch.dtype, torch.device], list[list[Tensor]]] = {}
         for t in tensors:
@@ -53,7 +65,7 @@ class TorchDistributedReducer:
 
     def average(self, tensors: list[Tensor]) -> None:
         """All-reduce (sum) each bucket, divide by the world size, copy back."""
-        world = dist.get_world_size(self.group)
+        world = self.world_size
         for bucket in self._buckets(tensors):
             flat = _flatten_dense_tensors(bucket)
             dist.all_reduce(flat, group=self.group)

@@ -200,13 +200,26 @@ class Preconditioner:
             self._accumulate(layer, "g_factor", factor)
 
     def _current_statistics(self) -> dict[str, dict[str, Tensor]]:
-        """The statistics of this step (means over micro-batches), averaged across workers."""
+        """The statistics of this step (means over micro-batches), averaged across workers.
+
+        Each worker's output gradients are those of its *local* batch-mean loss, ``world_size``
+        times those of the global batch-mean loss that data-parallel training optimises (DDP
+        averages the parameter gradients). After averaging, ``g_mean`` is divided by
+        ``world_size`` and ``g_factor`` by its square, so that N workers compute exactly what one
+        process computes on the whole batch.
+        """
         current = {
             name: {key: total / count for key, (total, count) in pending.items()}
             for name, pending in self._pending.items()
             if pending
         }
         self.reducer.average([t for stats in current.values() for t in stats.values()])
+        world = self.reducer.world_size
+        if world > 1:
+            for stats in current.values():
+                for key, power in (("g_mean", 1), ("g_factor", 2)):
+                    if key in stats:
+                        stats[key].div_(world**power)
         for pending in self._pending.values():
             pending.clear()
         return current
