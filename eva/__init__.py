@@ -17,7 +17,9 @@ from eva.eva_gradnorm import EvaGradNorm
 from eva.eva_s import EvaS
 from eva.foof import FOOF
 from eva.kfac import KFAC
+from eva.mfac import MFAC
 from eva.preconditioner import Preconditioner
+from eva.shampoo import Shampoo
 
 PRECONDITIONERS: dict[str, type[Preconditioner]] = {
     "eva": Eva,
@@ -25,6 +27,8 @@ PRECONDITIONERS: dict[str, type[Preconditioner]] = {
     "eva_s": EvaS,
     "kfac": KFAC,
     "foof": FOOF,
+    "shampoo": Shampoo,
+    "mfac": MFAC,
     "eva_gradnorm": EvaGradNorm,
 }
 """Config name → preconditioner class."""
@@ -33,9 +37,11 @@ __all__ = [
     "PRECONDITIONERS",
     "FOOF",
     "KFAC",
+    "MFAC",
     "Eva",
     "EvaF",
     "EvaGradNorm",
     "EvaS",
     "Preconditioner",
+    "Shampoo",
 ]

@@ -51,10 +51,18 @@ class EvaF(Preconditioner):
         reducer: Reducer | None = None,
     ) -> None:
         super().__init__(
-            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
-            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
-            stat_batch=stat_batch, enabled=enabled, reducer=reducer,
-        )  # fmt: skip
+            model,
+            optimizer,
+            damping=damping,
+            running_avg=running_avg,
+            kl_clip=kl_clip,
+            scaling=scaling,
+            update_interval=update_interval,
+            skip_layers=skip_layers,
+            stat_batch=stat_batch,
+            enabled=enabled,
+            reducer=reducer,
+        )
         self.divide_by_damping = divide_by_damping
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:

@@ -67,10 +67,17 @@ class EvaS(Preconditioner):
         reducer: Reducer | None = None,
     ) -> None:
         super().__init__(
-            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
-            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
-            enabled=enabled, reducer=reducer,
-        )  # fmt: skip
+            model,
+            optimizer,
+            damping=damping,
+            running_avg=running_avg,
+            kl_clip=kl_clip,
+            scaling=scaling,
+            update_interval=update_interval,
+            skip_layers=skip_layers,
+            enabled=enabled,
+            reducer=reducer,
+        )
 
     def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:
         """The mode means ``v_i`` of Eq. 22, on refresh steps."""

@@ -56,13 +56,24 @@ class FOOF(Preconditioner):
             check_int("rank", rank)
             raise ValueError(f"rank must be None (full inverse) or 1 (Eq. 26), got {rank!r}")
         super().__init__(
-            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
-            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
-            stat_batch=stat_batch, conv_factors=conv_factors, enabled=enabled, reducer=reducer,
-        )  # fmt: skip
+            model,
+            optimizer,
+            damping=damping,
+            running_avg=running_avg,
+            kl_clip=kl_clip,
+            scaling=scaling,
+            update_interval=update_interval,
+            skip_layers=skip_layers,
+            stat_batch=stat_batch,
+            conv_factors=conv_factors,
+            enabled=enabled,
+            reducer=reducer,
+        )
         self.rank = rank
 
-    def update_state(self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]) -> None:
+    def update_state(
+        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    ) -> None:
         """Running-average ``R``, then refresh its damped inverse or its top eigenpair."""
         super().update_state(layer, state, current)
         r = state["a_factor"]

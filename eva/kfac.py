@@ -17,10 +17,11 @@ from eva.statistics import ConvFactors
 def damped_inverse(factor: Tensor, damping: Tensor | float) -> Tensor:
     """``(M + damping·I)⁻¹`` of a symmetric positive semi-definite ``M`` (a new tensor).
 
-    Computed through a Cholesky factorization; ``M`` itself is left untouched.
+    Computed through a Cholesky factorization (``cholesky_ex``: no host synchronisation for an
+    error check; the damped factor is positive definite); ``M`` itself is left untouched.
     """
     eye = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
-    return torch.cholesky_inverse(torch.linalg.cholesky(factor + damping * eye))
+    return torch.cholesky_inverse(torch.linalg.cholesky_ex(factor + damping * eye).L)
 
 
 def damping_split(q: Tensor, r: Tensor) -> Tensor:
@@ -43,7 +44,8 @@ class KFAC(Preconditioner):
         update_interval: Factor and inverse refresh interval. Default 10 (the paper's CIFAR runs).
         use_damping_split: Use π (default ``True``); ``False`` damps both sides with ``√γ``.
         conv_factors: ``"reduce"`` (default; per-sample spatially averaged patches and output
-            gradients, as the Eva authors ran) or ``"expand"`` (per position, Grosse & Martens 2016).
+            gradients, as the Eva authors ran) or ``"expand"`` (per position; Grosse & Martens,
+            2016).
         Others: as :class:`~eva.preconditioner.Preconditioner` (scaling ``"kl_clip"``).
     """
 
@@ -67,18 +69,33 @@ class KFAC(Preconditioner):
         reducer: Reducer | None = None,
     ) -> None:
         super().__init__(
-            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
-            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
-            stat_batch=stat_batch, conv_factors=conv_factors, enabled=enabled, reducer=reducer,
-        )  # fmt: skip
+            model,
+            optimizer,
+            damping=damping,
+            running_avg=running_avg,
+            kl_clip=kl_clip,
+            scaling=scaling,
+            update_interval=update_interval,
+            skip_layers=skip_layers,
+            stat_batch=stat_batch,
+            conv_factors=conv_factors,
+            enabled=enabled,
+            reducer=reducer,
+        )
         self.use_damping_split = use_damping_split
 
-    def update_state(self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]) -> None:
+    def update_state(
+        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    ) -> None:
         """Running-average the factors, then refresh the damped inverses."""
         super().update_state(layer, state, current)
         q, r = state["g_factor"], state["a_factor"]
         root = self.damping**0.5
-        pi = damping_split(q, r) if self.use_damping_split else torch.ones((), dtype=q.dtype, device=q.device)
+        pi = (
+            damping_split(q, r)
+            if self.use_damping_split
+            else torch.ones((), dtype=q.dtype, device=q.device)
+        )
         state["q_inv"] = damped_inverse(q, root / pi)
         state["r_inv"] = damped_inverse(r, root * pi)
 

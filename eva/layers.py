@@ -60,7 +60,10 @@ class Layer:
         return all(p.grad is not None for p in self.parameters())
 
     def grad_matrix(self, with_bias: bool = True) -> Tensor:
-        """The gradient as the matrix ``G`` of shape ``(d_out, d_in [+ 1])`` (a new tensor)."""
+        """The gradient as the matrix ``G`` of shape ``(d_out, d_in [+ 1])``.
+
+        Without a bias this is a view of ``weight.grad``: read it, never modify it in place.
+        """
         grad = self.weight.grad
         assert grad is not None, f"layer {self.name!r} has no gradient"
         g = grad.reshape(grad.shape[0], -1)
@@ -69,7 +72,7 @@ class Layer:
         return g
 
     def set_grad_matrix(self, p: Tensor) -> None:
-        """Write the preconditioned matrix back into ``.grad`` (in place), splitting off the bias."""
+        """Write ``p`` back into ``.grad`` in place, the last column into the bias if any."""
         weight_grad = self.weight.grad
         assert weight_grad is not None
         n_in = weight_grad[0].numel()
@@ -88,7 +91,8 @@ def find_layers(model: nn.Module, skip_layers: Iterable[str] = ()) -> list[Layer
 
     Returns:
         The supported layers with a trainable weight. A grouped convolution is skipped with one
-        warning naming it (its weight is block-diagonal over groups, which one ``G`` cannot express).
+        warning naming it (its weight is block-diagonal over groups, which one ``G`` cannot
+        express).
     """
     patterns = list(skip_layers)
     layers = []

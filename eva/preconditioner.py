@@ -41,7 +41,9 @@ GRAD_STATS = ("g_mean", "g_factor")
 
 def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
-    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
@@ -55,7 +57,7 @@ def check_running_avg(value: float | None, allow_none: bool = False) -> None:
     """Raise ``ValueError`` unless ξ lies in (0, 1] (or is ``None`` where sums are allowed)."""
     if value is None and allow_none:
         return
-    if not isinstance(value, int | float) or not 0 < value <= 1:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise ValueError(f"running_avg must be in (0, 1], got {value!r}")
 
 
@@ -158,7 +160,7 @@ class Preconditioner:
     # ------------------------------------------------------------------ statistics capture
     @property
     def refresh_step(self) -> bool:
-        """Whether the coming :meth:`step` refreshes second-order state (statistics are captured)."""
+        """Whether the coming :meth:`step` refreshes second-order state (hooks capture)."""
         return self.steps % self.update_interval == 0
 
     def _capturing(self, module: nn.Module) -> bool:
@@ -238,7 +240,9 @@ class Preconditioner:
         else:
             old.lerp_(current, self.running_avg)
 
-    def update_state(self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]) -> None:
+    def update_state(
+        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    ) -> None:
         """Fold this refresh step's statistics into the layer's state (default: Eq. 14–15)."""
         for key, value in current.items():
             self.running_average(state, key, value)
@@ -318,17 +322,20 @@ class Preconditioner:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; tensors move to the device of their layer's weight."""
+        """Load a :meth:`state_dict`; tensors are copied to the device of their layer's weight."""
         layers = state_dict["layers"]
         expected = {layer.name for layer in self.layers}
         if set(layers) != expected:
             missing, extra = sorted(expected - set(layers)), sorted(set(layers) - expected)
-            raise ValueError(f"state_dict layers do not match: missing {missing}, unexpected {extra}")
+            raise ValueError(
+                f"state_dict layers do not match: missing {missing}, unexpected {extra}"
+            )
         self.steps = int(state_dict["steps"])
         for layer in self.layers:
             device = layer.weight.device
             self.state[layer.name] = {
-                k: v.to(device) if isinstance(v, Tensor) else v for k, v in layers[layer.name].items()
+                k: v.to(device, copy=True) if isinstance(v, Tensor) else v
+                for k, v in layers[layer.name].items()
             }
 
     def remove_hooks(self) -> None:

@@ -2,7 +2,7 @@
 
 - ``"kl_clip"`` — Eq. 16: every ``p_l`` times ``ν = min(1, sqrt(κ / (α² Σ_l p_lᵀ g_l)))``.
 - ``"kl_norm"`` — §4.1: every ``p_l`` divided by ``sqrt(Σ_l p_lᵀ g_l)``.
-- ``"graft"``   — §4.2: each ``p_l`` times ``‖g_l‖ / ‖p_l‖`` (the gradient's magnitude, p's direction).
+- ``"graft"``   — §4.2: each ``p_l`` times ``‖g_l‖ / ‖p_l‖`` (grafting).
 - ``None``      — the preconditioned gradients as they are.
 
 All factors stay tensors: no host synchronisation.

@@ -43,7 +43,9 @@ def patches(conv: nn.Conv2d, x: Tensor) -> Tensor:
         padding: int | tuple[int, ...] = 0
     else:
         padding = conv.padding  # type: ignore[assignment]
-    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    return F.unfold(
+        x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride
+    )
 
 
 def _append_one(v: Tensor) -> Tensor:
