@@ -81,7 +81,7 @@ class Layer:
             self.module.bias.grad.copy_(p[:, n_in])  # type: ignore[union-attr]
 
 
-def find_layers(model: nn.Module, skip_layers: Iterable[str] = ()) -> list[Layer]:
+def find_layers(model: nn.Module, skip_layers: str | Iterable[str] = ()) -> list[Layer]:
     """Find the layers to precondition.
 
     Args:
@@ -94,7 +94,7 @@ def find_layers(model: nn.Module, skip_layers: Iterable[str] = ()) -> list[Layer
         warning naming it (its weight is block-diagonal over groups, which one ``G`` cannot
         express).
     """
-    patterns = list(skip_layers)
+    patterns = [skip_layers] if isinstance(skip_layers, str) else list(skip_layers)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear | nn.Conv2d) or not module.weight.requires_grad:

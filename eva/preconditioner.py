@@ -176,7 +176,8 @@ class Preconditioner:
 
     def _prepare(self, layer: Layer, t: Tensor) -> Tensor:
         t = t.detach()
-        if self.stat_batch is not None and not (layer.is_conv and t.dim() == 3):
+        batched = t.dim() == 4 if layer.is_conv else t.dim() >= 2
+        if self.stat_batch is not None and batched:
             t = t[: self.stat_batch]
         return t.to(layer.weight.dtype)
 
@@ -201,14 +202,17 @@ class Preconditioner:
             factor = statistics.grad_factor(layer.module, gy, self.conv_factors)
             self._accumulate(layer, "g_factor", factor)
 
-    def _current_statistics(self) -> dict[str, dict[str, Tensor]]:
+    def _current_statistics(
+        self, grad_scale: float | Tensor | None
+    ) -> dict[str, dict[str, Tensor]]:
         """The statistics of this step (means over micro-batches), averaged across workers.
 
         Each worker's output gradients are those of its *local* batch-mean loss, ``world_size``
         times those of the global batch-mean loss that data-parallel training optimises (DDP
         averages the parameter gradients). After averaging, ``g_mean`` is divided by
         ``world_size`` and ``g_factor`` by its square, so that N workers compute exactly what one
-        process computes on the whole batch.
+        process computes on the whole batch. A loss scale (fp16 mixed precision) is divided out
+        the same way.
         """
         current = {
             name: {key: total / count for key, (total, count) in pending.items()}
@@ -216,12 +220,12 @@ class Preconditioner:
             if pending
         }
         self.reducer.average([t for stats in current.values() for t in stats.values()])
-        world = self.reducer.world_size
-        if world > 1:
+        scale = self.reducer.world_size * (1.0 if grad_scale is None else grad_scale)
+        if grad_scale is not None or self.reducer.world_size > 1:
             for stats in current.values():
                 for key, power in (("g_mean", 1), ("g_factor", 2)):
                     if key in stats:
-                        stats[key].div_(world**power)
+                        stats[key].div_(scale**power)
         for pending in self._pending.values():
             pending.clear()
         return current
@@ -271,17 +275,26 @@ class Preconditioner:
         return self.optimizer.param_groups[0]["lr"]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grad_scale: float | Tensor | None = None) -> None:
         """Precondition the gradients of all handled layers in place.
 
         Call after ``loss.backward()`` and before ``optimizer.step()``. Layers without a gradient
         this step are left alone.
+
+        Args:
+            grad_scale: The loss scale the backward pass used (``torch.amp.GradScaler``), if any.
+                The parameter gradients must already be unscaled (``scaler.unscale_``); the
+                output-gradient statistics captured by the hooks are unscaled here.
         """
         if not self.enabled:
+            for pending in self._pending.values():
+                pending.clear()
             self.steps += 1
             return
         refresh = self.refresh_step
-        current = self._current_statistics() if self.statistics_needed and refresh else {}
+        current = {}
+        if self.statistics_needed and refresh:
+            current = self._current_statistics(grad_scale)
         layers, grads, precond = [], [], []
         for layer in self.layers:
             if not layer.has_grad():
