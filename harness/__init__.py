@@ -1,0 +1,4 @@
+"""The experiment harness behind ``train.py``: schedules, run records, checkpoints, workers.
+
+Kept apart from the ``eva`` library, which has no dependency on Hydra, W&B or the data code.
+"""

@@ -1,0 +1,320 @@
+"""Train a model with a first-order optimizer and, optionally, an Eva-family preconditioner.
+
+    python train.py optimizer=eva model=resnet110                # the paper's CIFAR-10 setting
+    python train.py -m optimizer=eva optimizer.damping=0.003,0.03,0.3
+    torchrun --nproc_per_node=4 train.py experiment=table4_cifar10 optimizer=kfac
+
+Every run writes a record under ``results/runs/<group>/<name>/`` (see ``harness/records.py``) and
+a checkpoint each epoch; ``resume=true`` continues a killed run exactly where its last checkpoint
+left it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from harness.pipeline import Data, build_data
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from eva import Preconditioner
+from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.config import ConfigError, validate
+from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
+from harness.records import RunRecord
+from harness.schedules import build_schedule
+from harness.wandb_logger import WandbLogger
+from models.registry import build_model
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    cfg: DictConfig
+    workers: Workers
+    data: Data
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    preconditioner: Preconditioner | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    epoch: int = 0
+    step: int = 0
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for classification; per-image summed BCE for the autoencoder."""
+        if self.data.task == "autoencode":
+            loss = F.binary_cross_entropy_with_logits(output, target, reduction="sum")
+            return loss / output.shape[0]
+        return F.cross_entropy(output, target)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "preconditioner": self.preconditioner.state_dict() if self.preconditioner else None,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.data.train.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.preconditioner is not None:
+            self.preconditioner.load_state_dict(state["preconditioner"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.data.train.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+
+
+def autocast(run: Run) -> torch.autocast:
+    amp = run.cfg.trainer.amp
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "", torch.float32)
+    return torch.autocast(run.workers.device.type, dtype=dtype, enabled=amp is not None)
+
+
+def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
+    """One pass over the training data; returns mean loss (and accuracy) over all workers."""
+    run.net.train()
+    device = run.workers.device
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss·n, correct, n
+    log_every = run.cfg.trainer.log_interval
+    bar = tqdm(
+        total=len(run.data.train),
+        desc=f"epoch {run.epoch + 1}",
+        leave=False,
+        disable=not (run.cfg.trainer.progress and run.workers.is_main),
+    )
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(run.data.train):
+        if max_steps is not None and run.step >= max_steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        with autocast(run):
+            out = run.net(x)
+            loss = run.loss(out, y)
+        run.scaler.scale(loss).backward()
+        grad_scale = None
+        if run.scaler.is_enabled():
+            run.scaler.unscale_(run.optimizer)
+            grad_scale = run.scaler.get_scale()
+        if run.preconditioner is not None:
+            run.preconditioner.step(grad_scale=grad_scale)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        run.step += 1
+        n = x.shape[0]
+        totals[0] += loss.detach().double() * n
+        totals[2] += n
+        if run.data.task == "classify" and y.dim() == 1:
+            totals[1] += (out.argmax(dim=1) == y).sum()
+        bar.update()
+        if (i + 1) % log_every == 0:
+            mean_loss = float(totals[0] / totals[2])
+            if not math.isfinite(mean_loss):
+                raise Diverged(f"training loss is {mean_loss} at step {run.step}")
+            rate = float(totals[2]) * run.workers.world_size / (time.perf_counter() - start)
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}",
+                acc=f"{float(totals[1] / totals[2]):.3f}",
+                samples_s=f"{rate:.0f}",
+            )
+    bar.close()
+    totals = mean_across_workers(totals)
+    if float(totals[2]) == 0:
+        return {}
+    metrics = {"train_loss": float(totals[0] / totals[2])}
+    if not math.isfinite(metrics["train_loss"]):
+        raise Diverged(f"training loss is {metrics['train_loss']} at step {run.step}")
+    if run.data.task == "classify":
+        metrics["train_acc"] = float(totals[1] / totals[2])
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Loss (and accuracy) on the test split, averaged over workers."""
+    run.net.eval()
+    device = run.workers.device
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    for x, y in run.data.test:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(run):
+            out = run.net(x)
+            loss = run.loss(out, y)
+        totals[0] += loss.double() * x.shape[0]
+        totals[2] += x.shape[0]
+        if run.data.task == "classify":
+            totals[1] += (out.argmax(dim=1) == y).sum()
+    totals = mean_across_workers(totals)
+    metrics = {"test_loss": float(totals[0] / totals[2])}
+    if run.data.task == "classify":
+        metrics["test_acc"] = float(totals[1] / totals[2])
+    return metrics
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_run(cfg: DictConfig, workers: Workers) -> Run:
+    """Data, model, optimizer, preconditioner, schedule — all from the config."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg.dataset, cfg.trainer, workers, cfg.seed)
+    kwargs = cfg.model.get("kwargs")
+    model_kwargs: dict[str, Any] = OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}  # type: ignore[assignment]
+    if data.task == "classify":
+        model_kwargs.setdefault("num_classes", data.num_classes)
+    model = build_model(cfg.model.name, **model_kwargs).to(workers.device)
+    net: nn.Module = model
+    if workers.world_size > 1:
+        device_ids = [workers.device.index] if workers.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = instantiate(cfg.optimizer.base, params=model.parameters())
+    preconditioner = None
+    if cfg.optimizer.get("preconditioner") is not None:
+        preconditioner = instantiate(cfg.optimizer.preconditioner, model=model, optimizer=optimizer)
+    steps_per_epoch = len(data.train)
+    scheduler = build_schedule(
+        optimizer,
+        cfg.schedule.name,
+        total_steps=cfg.trainer.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.schedule.get("warmup_epochs", 0) * steps_per_epoch),
+        milestones=cfg.schedule.get("milestones", (0.35, 0.75, 0.9)),
+        gamma=cfg.schedule.get("gamma", 0.1),
+    )
+    scaler = torch.amp.GradScaler(workers.device.type, enabled=cfg.trainer.amp == "fp16")
+    return Run(cfg, workers, data, model, net, optimizer, preconditioner, scheduler, scaler)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) one training job; returns the final summary."""
+    workers = setup_workers(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    validate(cfg, workers.world_size)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = build_run(cfg, workers)
+    ckpt_path = run_dir / "checkpoint.pt"
+    resumed = bool(cfg.resume) and ckpt_path.exists()
+    if resumed:
+        run.load_state_dict(load_checkpoint(ckpt_path))
+    elif cfg.resume and workers.is_main:
+        print(f"resume: no checkpoint at {ckpt_path}; starting from scratch", file=sys.stderr)
+    record = RunRecord(run_dir) if workers.is_main else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = WandbLogger(
+        cfg.logger.wandb and workers.is_main,
+        cfg.logger.mode,
+        cfg.logger.project,
+        cfg.logger.entity,
+        cfg.name,
+        cfg.group,
+        resolved,
+        str(run_dir),
+    )
+    if record:
+        record.start(resolved, " ".join(sys.argv), resumed)
+    metrics: dict[str, float] = {}
+    try:
+        while run.epoch < cfg.trainer.epochs:
+            t0 = time.perf_counter()
+            metrics = train_epoch(run, cfg.trainer.max_steps)
+            t1 = time.perf_counter()
+            stopped = cfg.trainer.max_steps is not None and run.step >= cfg.trainer.max_steps
+            if not metrics:
+                break
+            run.epoch += 1
+            last = run.epoch == cfg.trainer.epochs or stopped
+            if run.epoch % cfg.trainer.eval_interval == 0 or last:
+                metrics |= evaluate(run)
+            t2 = time.perf_counter()
+            metrics |= {
+                "epoch": run.epoch,
+                "step": run.step,
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "train_seconds": t1 - t0,
+            }
+            if workers.is_main:
+                logger.log(metrics, step=run.step)
+                record.log_epoch(metrics)
+                record.add_phase_time("train", t1 - t0)
+                record.add_phase_time("eval", t2 - t1)
+                print(
+                    " ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in metrics.items()
+                    ),
+                    flush=True,
+                )
+                if run.epoch % cfg.trainer.checkpoint_interval == 0 and not stopped:
+                    save_checkpoint(ckpt_path, run.state_dict())
+                    record.add_phase_time("checkpoint", time.perf_counter() - t2)
+                record.save()
+            if stopped:
+                break
+    except BaseException as err:
+        if record:
+            record.finish("failed", error=f"{type(err).__name__}: {err}")
+        logger.finish(exit_code=1)
+        raise
+    summary = {**metrics, "peak_memory_mb": peak_memory_mb(workers.device)}
+    if record:
+        record.data["peak_memory_mb"] = summary["peak_memory_mb"]
+        record.finish("completed", summary=summary)
+        print(
+            f"done: {cfg.name} "
+            + " ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float))
+        )
+    logger.finish()
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point: user mistakes and divergence end with one line and exit status 2/1."""
+    try:
+        summary = train(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Diverged as err:
+        print(f"error: {err}; stopped, the last good checkpoint is kept", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        teardown_workers()
+    return summary.get("test_acc", summary.get("test_loss"))
+
+
+if __name__ == "__main__":
+    main()
