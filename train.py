@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from harness.config import ConfigError, validate
+from harness.config import validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
 from harness.records import RunRecord
 from harness.schedules import build_schedule
@@ -305,7 +305,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: user mistakes and divergence end with one line and exit status 2/1."""
     try:
         summary = train(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Diverged as err:

@@ -28,7 +28,8 @@ class Data:
 def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed: int) -> Data:
     """Load the dataset and build this worker's train/test loaders (global batch sizes)."""
     options: dict[str, Any] = OmegaConf.to_container(dataset, resolve=True)  # type: ignore[assignment]
-    splits = build_dataset(dataset.name, **{k: v for k, v in options.items() if k not in HARNESS_KEYS})
+    builder_options = {k: v for k, v in options.items() if k not in HARNESS_KEYS}
+    splits = build_dataset(dataset.name, **builder_options)
     transform = None
     if splits.num_classes is not None:
         transform = chain(
