@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from harness.pipeline import Data, build_data
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from harness.config import validate
+from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
 from harness.records import RunRecord
 from harness.schedules import build_schedule
@@ -126,7 +127,12 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
             run.scaler.unscale_(run.optimizer)
             grad_scale = run.scaler.get_scale()
         if run.preconditioner is not None:
-            run.preconditioner.step(grad_scale=grad_scale)
+            try:
+                run.preconditioner.step(grad_scale=grad_scale)
+            except torch.linalg.LinAlgError as err:  # e.g. eigh of NaN statistics
+                if math.isfinite(float(loss.detach())):
+                    raise
+                raise Diverged(f"training loss is {float(loss.detach())} at step {run.step}") from err
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
@@ -202,11 +208,20 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
     if workers.world_size > 1:
         device_ids = [workers.device.index] if workers.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
-    optimizer = instantiate(cfg.optimizer.base, params=model.parameters())
-    preconditioner = None
-    if cfg.optimizer.get("preconditioner") is not None:
-        preconditioner = instantiate(cfg.optimizer.preconditioner, model=model, optimizer=optimizer)
+    try:
+        optimizer = instantiate(cfg.optimizer.base, params=model.parameters())
+        preconditioner = None
+        if cfg.optimizer.get("preconditioner") is not None:
+            pre_cfg = cfg.optimizer.preconditioner
+            preconditioner = instantiate(pre_cfg, model=model, optimizer=optimizer)
+    except InstantiationException as err:  # a bad hyper-parameter: report the library's line
+        raise ConfigError(f"optimizer ({cfg.optimizer.name}): {err.__cause__ or err}") from err
     steps_per_epoch = len(data.train)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"trainer.batch_size ({cfg.trainer.batch_size}) leaves no full training batch: the "
+            "training set is smaller"
+        )
     scheduler = build_schedule(
         optimizer,
         cfg.schedule.name,
@@ -288,6 +303,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.finish("failed", error=f"{type(err).__name__}: {err}")
         logger.finish(exit_code=1)
         raise
+    if not metrics and record and record.metrics():  # resumed a run that had already finished
+        metrics = record.metrics()[-1]
     summary = {**metrics, "peak_memory_mb": peak_memory_mb(workers.device)}
     if record:
         record.data["peak_memory_mb"] = summary["peak_memory_mb"]
@@ -309,7 +326,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Diverged as err:
-        print(f"error: {err}; stopped, the last good checkpoint is kept", file=sys.stderr)
+        print(f"error: {err}; stopped (an earlier checkpoint, if any, is kept)", file=sys.stderr)
         sys.exit(1)
     finally:
         teardown_workers()

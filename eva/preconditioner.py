@@ -184,17 +184,25 @@ class Preconditioner:
     def _forward_hook(self, layer: Layer, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if not self._capturing(module):
             return
-        x = self._prepare(layer, inputs[0])
+        with torch.autocast(output.device.type, enabled=False):  # statistics in full precision
+            self._input_statistics(layer, module, inputs[0])
+        if output.requires_grad and any(k in self.statistics_needed for k in GRAD_STATS):
+            output.register_hook(partial(self._grad_hook, layer))
+
+    def _input_statistics(self, layer: Layer, module: nn.Module, x: Tensor) -> None:
+        x = self._prepare(layer, x)
         bias = layer.has_bias and self.include_bias
         if "a_mean" in self.statistics_needed:
             self._accumulate(layer, "a_mean", statistics.input_mean(module, x, bias))
         if "a_factor" in self.statistics_needed:
             factor = statistics.input_factor(module, x, bias, self.conv_factors)
             self._accumulate(layer, "a_factor", factor)
-        if output.requires_grad and any(k in self.statistics_needed for k in GRAD_STATS):
-            output.register_hook(partial(self._grad_hook, layer))
 
     def _grad_hook(self, layer: Layer, grad_output: Tensor) -> None:
+        with torch.autocast(grad_output.device.type, enabled=False):
+            self._grad_statistics(layer, grad_output)
+
+    def _grad_statistics(self, layer: Layer, grad_output: Tensor) -> None:
         gy = self._prepare(layer, grad_output)
         if "g_mean" in self.statistics_needed:
             self._accumulate(layer, "g_mean", statistics.grad_mean(layer.module, gy))

@@ -1,0 +1,388 @@
+"""``train.py`` end to end: a few steps for every optimizer config, exact resume, divergence,
+one-line errors for bad input, W&B offline, and what a run record holds.
+
+Most runs call ``train.train`` in-process (tiny ResNet-20 on 8×8 synthetic images); a few go
+through ``python train.py`` in a subprocess to check exit codes and stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import train
+from harness.checkpoint import load_checkpoint
+from harness.config import ConfigError, validate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+
+# The autoencoder on 64-dim synthetic vectors: Linear layers only, fast even under bf16 autocast.
+TINY_AE = (
+    "model=autoencoder",
+    "+model.kwargs.dims=[64,16,4]",
+    "dataset=synthetic",
+    "dataset.num_classes=null",
+    "dataset.input_shape=[64]",
+    "dataset.num_train=32",
+    "dataset.num_test=16",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=16",
+    "trainer.device=cpu",
+    "trainer.progress=false",
+    "logger.wandb=false",
+)
+
+
+def record_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "record.json").read_text())
+
+
+def metrics_of(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_error_line(stderr: str) -> str:
+    """The whole stderr must be one line starting with ``error:`` and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def assert_states_equal(a: Any, b: Any, where: str = "") -> None:
+    """Nested dicts/lists of tensors and plain values are exactly equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_states_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_states_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def write_fake_cifar10(root: Path, per_batch: int = 8) -> None:
+    """torchvision's ``cifar-10-batches-py`` layout with ``per_batch`` images per file."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
+        }
+        with open(folder / name, "wb") as stream:
+            pickle.dump(batch, stream, protocol=2)
+
+
+# ---------------------------------------------------------------------------- every optimizer
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_two_steps_every_optimizer(train_run, tiny, tmp_path, optimizer):
+    run_dir = tmp_path / "adhoc" / optimizer
+    summary = train_run(run_dir, [*tiny, f"optimizer={optimizer}", "trainer.max_steps=2"])
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["test_loss"])
+    record = record_of(run_dir)
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["config"]["optimizer"]["name"] == optimizer
+    (row,) = metrics_of(run_dir)
+    assert (row["epoch"], row["step"]) == (1, 2)
+    assert math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
+    assert not (run_dir / "wandb").exists()  # logger.wandb=false: W&B never started
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    OPTIMIZERS,
+)
+def test_two_steps_bf16_autocast(train_run, tmp_path, optimizer):
+    run_dir = tmp_path / "adhoc" / optimizer
+    overrides = [*TINY_AE, f"optimizer={optimizer}", "trainer.max_steps=2", "trainer.amp=bf16"]
+    summary = train_run(run_dir, overrides)
+    assert math.isfinite(summary["train_loss"])
+    assert record_of(run_dir)["status"] == "completed"
+
+
+# ---------------------------------------------------------------------------- records
+def test_record_contents(train_run, compose, tiny, tmp_path):
+    run_dir = tmp_path / "adhoc" / "rec"
+    overrides = [*tiny, "optimizer=kfac", "trainer.epochs=2", "name=rec"]
+    summary = train_run(run_dir, overrides)
+    record = record_of(run_dir)
+    resolved = OmegaConf.to_container(
+        compose([*overrides, f"out_root={run_dir.parent}"]), resolve=True
+    )
+    assert record["config"] == resolved and "${" not in json.dumps(record["config"])
+    assert "git_commit" in record and "command" in record
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["resumed"] is False
+    phases = record["phases"]
+    assert phases["train"] > 0 and phases["eval"] > 0 and phases["checkpoint"] > 0
+    assert record["peak_memory_mb"] > 0
+    assert record["summary"]["peak_memory_mb"] == record["peak_memory_mb"]
+    assert record["summary"] == pytest.approx(summary)
+    assert (summary["epoch"], summary["step"]) == (2, 8)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_seconds"):
+        assert math.isfinite(summary[key]), key
+    rows = metrics_of(run_dir)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8)]
+    assert rows[-1] == {k: v for k, v in summary.items() if k != "peak_memory_mb"}
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (2, 8)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "record.json",
+    ]
+
+
+def test_resume_without_checkpoint_starts_from_scratch(train_run, tiny, tmp_path, capsys):
+    run_dir = tmp_path / "adhoc" / "fresh"
+    train_run(run_dir, [*tiny, "optimizer=sgd", "trainer.max_steps=1", "resume=true"])
+    assert "resume: no checkpoint at" in capsys.readouterr().err
+    record = record_of(run_dir)
+    assert record["status"] == "completed" and record["resumed"] is False
+
+
+def test_resuming_a_finished_run_keeps_its_summary(train_run, tiny, tmp_path):
+    run_dir = tmp_path / "adhoc" / "done"
+    overrides = [*tiny, "optimizer=sgd", "trainer.epochs=1"]
+    first = train_run(run_dir, overrides)
+    train_run(run_dir, [*overrides, "resume=true"])  # e.g. a whole sweep re-launched
+    summary = record_of(run_dir)["summary"]
+    assert summary.get("test_loss") == first["test_loss"]
+
+
+def test_batch_larger_than_training_set_is_an_error(train_run, tiny, tmp_path):
+    with pytest.raises(ValueError, match="trainer.batch_size"):
+        train_run(tmp_path / "adhoc" / "small", [*tiny, "dataset.num_train=4"])
+
+
+# ---------------------------------------------------------------------------- resume
+def _resume_case(name: str, tiny: tuple[str, ...], tmp_path: Path) -> tuple[list[str], int]:
+    """Overrides of one resume scenario and its steps per epoch."""
+    if name == "eva":
+        return [*tiny, "optimizer=eva"], 4
+    if name == "kfac-interval3":
+        return [*tiny, "optimizer=kfac", "optimizer.update_interval=3"], 4
+    # Real CIFAR augmentation (random crop + flip, drawn per batch) on a fake CIFAR-10 folder.
+    write_fake_cifar10(tmp_path / "cifar", per_batch=4)  # 20 training images: 5 steps of 4
+    base = [o for o in tiny if not o.startswith(("dataset", "trainer.batch_size"))]
+    overrides = [
+        *base,
+        "dataset=cifar10",
+        f"dataset.root={tmp_path / 'cifar'}",
+        "dataset.augment=true",
+        "trainer.batch_size=4",
+        "optimizer=kfac",
+        "optimizer.update_interval=3",
+    ]
+    if name == "kfac-cifar-crop-flip-cutmix":
+        overrides.append("dataset.cutmix=true")
+    return overrides, 5
+
+
+@pytest.mark.parametrize(
+    "case", ["eva", "kfac-interval3", "kfac-cifar-crop-flip", "kfac-cifar-crop-flip-cutmix"]
+)
+def test_resume_mid_epoch_is_exact(train_run, tiny, tmp_path, case):
+    overrides, per_epoch = _resume_case(case, tiny, tmp_path)
+    common = [*overrides, "trainer.epochs=3", "schedule.warmup_epochs=1"]
+    a, b = tmp_path / "adhoc" / "a", tmp_path / "adhoc" / "b"
+    summary_a = train_run(a, common)
+
+    stop = per_epoch + per_epoch // 2 + 1  # killed in the middle of epoch 2
+    train_run(b, [*common, f"trainer.max_steps={stop}"])
+    state = load_checkpoint(b / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (1, per_epoch)  # the last full epoch
+    summary_b = train_run(b, [*common, "resume=true"])
+
+    final_a = load_checkpoint(a / "checkpoint.pt")
+    final_b = load_checkpoint(b / "checkpoint.pt")
+    assert (final_a["epoch"], final_a["step"]) == (final_b["epoch"], final_b["step"])
+    assert final_a["step"] == 3 * per_epoch
+    for key, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][key]), key
+    for part in ("optimizer", "preconditioner", "scheduler", "loader"):
+        assert_states_equal(final_a[part], final_b[part], part)
+
+    def rows(run_dir):
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in metrics_of(run_dir)]
+
+    assert rows(a) == rows(b)  # epoch 2 of the interrupted run was replaced
+    for key in ("train_loss", "test_loss", "test_acc", "lr"):
+        assert summary_a[key] == summary_b[key], key
+    record = record_of(b)
+    assert record["status"] == "completed" and record["resumed"] is True
+
+
+# ---------------------------------------------------------------------------- divergence
+@pytest.mark.parametrize(
+    "optimizer",
+    OPTIMIZERS,
+)
+def test_divergence_keeps_checkpoint_of_last_good_epoch(
+    train_run, tiny, tmp_path, monkeypatch, optimizer
+):
+    real_loss = train.Run.loss
+
+    def loss_inf_from_epoch_2(self, output, target):
+        value = real_loss(self, output, target)
+        return value * math.inf if self.epoch >= 1 else value
+
+    monkeypatch.setattr(train.Run, "loss", loss_inf_from_epoch_2)
+    run_dir = tmp_path / "adhoc" / "div"
+    overrides = [*tiny, f"optimizer={optimizer}", "trainer.epochs=3"]
+    if optimizer in ("kfac", "shampoo", "foof", "foof_rank1"):
+        overrides.append("optimizer.update_interval=1")  # factorize the inf statistics too
+    if optimizer == "mfac":
+        overrides.append("optimizer.num_grads=8")
+    with pytest.raises(train.Diverged, match="training loss is"):
+        train_run(run_dir, overrides)
+    record = record_of(run_dir)
+    assert record["status"] == "failed" and record["error"].startswith("Diverged:")
+    assert [r["epoch"] for r in metrics_of(run_dir)] == [1]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (1, 4)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "record.json",
+    ]
+
+
+def test_divergence_exits_1_with_one_line(cli, train_run, tiny, tmp_path):
+    out = tmp_path / "runs"
+    run_dir = out / "adhoc" / "div"
+    train_run(run_dir, [*tiny, "optimizer=sgd", "trainer.epochs=1"])  # an earlier good run
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    args = [*tiny, "optimizer=sgd", "optimizer.lr=1e30", "trainer.log_interval=1"]
+    proc = cli([*args, "name=div", f"out_root={out}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "nan" in line or "inf" in line
+    record = record_of(run_dir)
+    assert record["status"] == "failed" and record["error"].startswith("Diverged:")
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert not list(tmp_path.rglob("wandb"))  # logger.wandb=false: no W&B directory anywhere
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.amp=fp8", "trainer.amp"),
+    ],
+)
+def test_bad_value_exits_2_with_one_line(cli, tiny, tmp_path, override, key):
+    out = tmp_path / "runs"
+    proc = cli([*tiny, override, "name=bad", f"out_root={out}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert key in one_error_line(proc.stderr)
+    assert not (out / "adhoc" / "bad" / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer=eva", "optimizer.damping=0"], "damping"),
+        (["optimizer=sgd", "optimizer.momentum=-1"], "momentum"),
+    ],
+)
+def test_bad_optimizer_hyperparameter_exits_2_with_one_line(cli, tiny, tmp_path, overrides, key):
+    proc = cli([*tiny, *overrides, f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert key in one_error_line(proc.stderr)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("trainer.eval_interval=0", "trainer.eval_interval"),
+        ("trainer.checkpoint_interval=-1", "trainer.checkpoint_interval"),
+        ("trainer.log_interval=0", "trainer.log_interval"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.epochs=1.5", "trainer.epochs"),
+        ("trainer.epochs=true", "trainer.epochs"),
+        ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"),
+    ],
+)
+def test_validate_names_the_key(compose, override, key):
+    with pytest.raises(ConfigError) as info:
+        validate(compose([override]))
+    assert str(info.value).startswith(key) and "\n" not in str(info.value)
+
+
+def test_unknown_choice_lists_the_choices(cli, tmp_path):
+    proc = cli(["optimizer=nope", f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "Could not find 'optimizer/nope'" in proc.stderr
+    for choice in OPTIMIZERS:
+        assert f"\t{choice}\n" in proc.stderr, choice
+
+
+def test_missing_data_names_the_path(cli, tmp_path):
+    missing = tmp_path / "nonexistent"
+    args = ["dataset=cifar10", f"dataset.root={missing}", "logger.wandb=false"]
+    proc = cli([*args, "trainer.device=cpu", f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert str(missing) in line and "cifar" in line
+
+
+# ---------------------------------------------------------------------------- W&B
+def test_wandb_offline_writes_offline_run_without_network(cli, tiny, tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "runs"
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port: any request fails fast
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path / "wandb-dir"),
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+        "WANDB_BASE_URL": dead,
+        "HTTP_PROXY": dead,
+        "HTTPS_PROXY": dead,
+    }
+    args = [o for o in tiny if not o.startswith("logger.wandb")]
+    start = time.monotonic()
+    proc = cli(
+        [*args, "logger.wandb=true", "trainer.epochs=2", "name=wb", f"out_root={out}"],
+        cwd=tmp_path,
+        env=env,
+        timeout=90,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    run_dir = out / "adhoc" / "wb"
+    offline = list(run_dir.glob("wandb/offline-run-*"))
+    assert len(offline) == 1, list(tmp_path.rglob("*run-*"))
+    assert list(offline[0].glob("*.wandb"))  # the run's data, for `wandb sync` later
+    assert not [p for p in tmp_path.rglob("run-*") if p.is_dir()]  # no online run
+    assert record_of(run_dir)["status"] == "completed"
+    assert elapsed < 60  # no network waits (init_timeout alone is 30 s)
