@@ -23,7 +23,6 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
-from harness.pipeline import Data, build_data
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -36,6 +35,7 @@ from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
+from harness.pipeline import Data, build_data
 from harness.records import RunRecord
 from harness.schedules import build_schedule
 from harness.wandb_logger import WandbLogger
@@ -130,9 +130,10 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
             try:
                 run.preconditioner.step(grad_scale=grad_scale)
             except torch.linalg.LinAlgError as err:  # e.g. eigh of NaN statistics
-                if math.isfinite(float(loss.detach())):
+                value = float(loss.detach())
+                if math.isfinite(value):
                     raise
-                raise Diverged(f"training loss is {float(loss.detach())} at step {run.step}") from err
+                raise Diverged(f"training loss is {value} at step {run.step}") from err
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
