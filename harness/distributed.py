@@ -34,12 +34,23 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def _export_slurm_environment() -> None:
+    """In a task started by submitit (Hydra's submitit launcher) rather than torchrun: derive RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the Slurm job."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def setup_workers(device: str = "auto", timeout_s: float = 300.0) -> Workers:
-    """Read ``torchrun``'s environment and join the process group when there are several workers.
+    """Read ``torchrun``'s (or Slurm's) environment and join the process group when there are
+    several workers.
 
     A worker that dies makes the collectives of the others fail after ``timeout_s`` seconds
     instead of hanging forever.
     """
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        _export_slurm_environment()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
