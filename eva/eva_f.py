@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-from eva.comm import Reducer
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner
-from eva.scaling import Scaling
+from eva.preconditioner import Options, Preconditioner
 
 
 class EvaF(Preconditioner):
@@ -27,42 +26,22 @@ class EvaF(Preconditioner):
 
     Args:
         divide_by_damping: Apply Eq. 21's ``1/γ``. Default ``False`` (see above).
-        Others: as :class:`~eva.preconditioner.Preconditioner`; here ``scaling`` defaults to
-            ``"kl_norm"``.
+        **options: As :class:`~eva.preconditioner.Preconditioner`; here ``scaling`` defaults
+            to ``"kl_norm"``.
     """
 
+    defaults: ClassVar[Options] = {"scaling": "kl_norm"}
     statistics_needed = ("a_mean",)
-    default_scaling = "kl_norm"
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        damping: float = 0.03,
-        running_avg: float | None = 0.95,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 1,
-        skip_layers: Iterable[str] = (),
-        stat_batch: int | None = None,
         divide_by_damping: bool = False,
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        super().__init__(
-            model,
-            optimizer,
-            damping=damping,
-            running_avg=running_avg,
-            kl_clip=kl_clip,
-            scaling=scaling,
-            update_interval=update_interval,
-            skip_layers=skip_layers,
-            stat_batch=stat_batch,
-            enabled=enabled,
-            reducer=reducer,
-        )
+        super().__init__(model, optimizer, **options)
         self.divide_by_damping = divide_by_damping
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:

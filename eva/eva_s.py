@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from eva.comm import Reducer
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner
-from eva.scaling import Scaling
+from eva.preconditioner import Options, Preconditioner
 
 
 def mode_means(grad: Tensor) -> list[Tensor]:
@@ -43,41 +41,13 @@ class EvaS(Preconditioner):
     runs behind the paper's Fig. 8 ("β₂ = 1"). Since the denominator ``γ + Π‖v_i‖²`` is not
     scale-invariant, sums and means differ in effect; ``running_avg=ξ`` gives Eq. 14's average.
 
-    Args:
-        running_avg: ``None`` (default, running sums) or ξ ∈ (0, 1].
-        Others: as :class:`~eva.preconditioner.Preconditioner`; ``scaling`` defaults to ``"graft"``.
+    Options are those of :class:`~eva.preconditioner.Preconditioner`, with the defaults
+    ``running_avg=None`` (running sums) and ``scaling="graft"``.
     """
 
+    defaults: ClassVar[Options] = {"running_avg": None, "scaling": "graft"}
     include_bias = False
     allow_running_sum = True
-    default_scaling = "graft"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        damping: float = 0.03,
-        running_avg: float | None = None,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 1,
-        skip_layers: Iterable[str] = (),
-        enabled: bool = True,
-        reducer: Reducer | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            optimizer,
-            damping=damping,
-            running_avg=running_avg,
-            kl_clip=kl_clip,
-            scaling=scaling,
-            update_interval=update_interval,
-            skip_layers=skip_layers,
-            enabled=enabled,
-            reducer=reducer,
-        )
 
     def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:
         """The mode means ``v_i`` of Eq. 22, on refresh steps."""

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-from eva.comm import Reducer
 from eva.kfac import damped_inverse
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner, check_int
-from eva.scaling import Scaling
-from eva.statistics import ConvFactors
+from eva.preconditioner import Options, Preconditioner
 
 
 class FOOF(Preconditioner):
@@ -27,12 +25,12 @@ class FOOF(Preconditioner):
 
     Args:
         rank: ``None`` (default) for the full inverse, ``1`` for Eq. 26.
-        update_interval: Factor/inverse refresh interval. Default 50.
-        running_avg: Weight of the current factor. Default 1.0 (no history).
-        conv_factors: As :class:`~eva.kfac.KFAC`.
-        Others: as :class:`~eva.preconditioner.Preconditioner`.
+        **options: As :class:`~eva.preconditioner.Preconditioner`, with the defaults
+            ``update_interval=50`` and ``running_avg=1.0`` (no history); ``conv_factors`` as
+            for :class:`~eva.kfac.KFAC`.
     """
 
+    defaults: ClassVar[Options] = {"running_avg": 1.0, "update_interval": 50}
     statistics_needed = ("a_factor",)
 
     def __init__(
@@ -40,35 +38,12 @@ class FOOF(Preconditioner):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        damping: float = 0.03,
-        running_avg: float | None = 1.0,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 50,
         rank: int | None = None,
-        conv_factors: ConvFactors = "reduce",
-        skip_layers: Iterable[str] = (),
-        stat_batch: int | None = None,
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        **options: Unpack[Options],
     ) -> None:
         if rank is not None and rank != 1:
-            check_int("rank", rank)
             raise ValueError(f"rank must be None (full inverse) or 1 (Eq. 26), got {rank!r}")
-        super().__init__(
-            model,
-            optimizer,
-            damping=damping,
-            running_avg=running_avg,
-            kl_clip=kl_clip,
-            scaling=scaling,
-            update_interval=update_interval,
-            skip_layers=skip_layers,
-            stat_batch=stat_batch,
-            conv_factors=conv_factors,
-            enabled=enabled,
-            reducer=reducer,
-        )
+        super().__init__(model, optimizer, **options)
         self.rank = rank
 
     def update_state(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-from eva.comm import Reducer
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner
-from eva.scaling import Scaling
-from eva.statistics import ConvFactors
+from eva.preconditioner import Options, Preconditioner
 
 
 def damped_inverse(factor: Tensor, damping: Tensor | float) -> Tensor:
@@ -41,14 +39,15 @@ class KFAC(Preconditioner):
     The damping only enters the inverses: the stored factors stay undamped.
 
     Args:
-        update_interval: Factor and inverse refresh interval. Default 10 (the paper's CIFAR runs).
         use_damping_split: Use π (default ``True``); ``False`` damps both sides with ``√γ``.
-        conv_factors: ``"reduce"`` (default; per-sample spatially averaged patches and output
-            gradients, as the Eva authors ran) or ``"expand"`` (per position; Grosse & Martens,
-            2016).
-        Others: as :class:`~eva.preconditioner.Preconditioner` (scaling ``"kl_clip"``).
+        **options: As :class:`~eva.preconditioner.Preconditioner`, with ``update_interval``
+            (factor and inverse refresh) defaulting to 10, the paper's CIFAR setting.
+            ``conv_factors``: ``"reduce"`` (default; per-sample spatially averaged patches and
+            output gradients, as the Eva authors ran) or ``"expand"`` (per position; Grosse &
+            Martens, 2016).
     """
 
+    defaults: ClassVar[Options] = {"update_interval": 10}
     statistics_needed = ("a_factor", "g_factor")
 
     def __init__(
@@ -56,32 +55,10 @@ class KFAC(Preconditioner):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        damping: float = 0.03,
-        running_avg: float | None = 0.95,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 10,
         use_damping_split: bool = True,
-        conv_factors: ConvFactors = "reduce",
-        skip_layers: Iterable[str] = (),
-        stat_batch: int | None = None,
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        super().__init__(
-            model,
-            optimizer,
-            damping=damping,
-            running_avg=running_avg,
-            kl_clip=kl_clip,
-            scaling=scaling,
-            update_interval=update_interval,
-            skip_layers=skip_layers,
-            stat_batch=stat_batch,
-            conv_factors=conv_factors,
-            enabled=enabled,
-            reducer=reducer,
-        )
+        super().__init__(model, optimizer, **options)
         self.use_damping_split = use_damping_split
 
     def update_state(

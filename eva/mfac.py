@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-from eva.comm import Reducer
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner, check_int
-from eva.scaling import Scaling
+from eva.preconditioner import Options, Preconditioner, check_int
 
 
 class MFAC(Preconditioner):
@@ -51,19 +49,18 @@ class MFAC(Preconditioner):
 
     Args:
         num_grads: ``m``, the window length, an integer ≥ 1. Default 1024 (the paper's).
-        damping: λ > 0. Default 1e-5 (the authors' M-FAC optimizer code).
-        scaling: Default ``None``: the direction is used as it is (M-FAC is an optimizer
-            direction of its own; the first-order optimizer's learning rate scales it).
-        update_interval: The current gradient enters the window every this many steps (default 1,
-            as in the paper); the factorization of the last refresh is used in between.
-        Others: as :class:`~eva.preconditioner.Preconditioner` (no hooks; ``kl_clip`` is used
-            only with ``scaling="kl_clip"``).
+        **options: As :class:`~eva.preconditioner.Preconditioner`, with the defaults
+            ``damping=1e-5`` (λ; the M-FAC authors' optimizer code) and ``scaling=None`` (the
+            direction is used as it is; the first-order optimizer's learning rate scales it).
+            ``update_interval``: the current gradient enters the window every this many steps
+            (default 1, as in the paper); the factorization of the last refresh is used in
+            between. No hooks; ``running_avg`` is not used.
 
     Raises:
         ValueError: ``num_grads`` not an integer ≥ 1, or a hyper-parameter of the base class.
     """
 
-    default_scaling = None
+    defaults: ClassVar[Options] = {"damping": 1e-5, "scaling": None}
 
     def __init__(
         self,
@@ -71,20 +68,10 @@ class MFAC(Preconditioner):
         optimizer: torch.optim.Optimizer,
         *,
         num_grads: int = 1024,
-        damping: float = 1e-5,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 1,
-        skip_layers: Iterable[str] = (),
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        **options: Unpack[Options],
     ) -> None:
         check_int("num_grads", num_grads)
-        super().__init__(
-            model, optimizer, damping=damping, kl_clip=kl_clip, scaling=scaling,
-            update_interval=update_interval, skip_layers=skip_layers, enabled=enabled,
-            reducer=reducer,
-        )  # fmt: skip
+        super().__init__(model, optimizer, **options)
         self.num_grads = num_grads
         # gradients added so far per layer (host ints: the next row, count % m, needs no sync)
         self.counts = {layer.name: 0 for layer in self.layers}

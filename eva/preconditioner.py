@@ -20,20 +20,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import Unpack
 
 from eva import statistics
 from eva.comm import Reducer, default_reducer
 from eva.layers import Layer, find_layers
 from eva.scaling import SCALINGS, Scaling, apply_scaling
 from eva.statistics import CONV_FACTORS, ConvFactors
-
-DEFAULT = "default"
-"""Sentinel for ``scaling``: the algorithm's own default (``default_scaling``)."""
 
 INPUT_STATS = ("a_mean", "a_factor")
 GRAD_STATS = ("g_mean", "g_factor")
@@ -61,8 +59,41 @@ def check_running_avg(value: float | None, allow_none: bool = False) -> None:
         raise ValueError(f"running_avg must be in (0, 1], got {value!r}")
 
 
+class Options(TypedDict, total=False):
+    """The hyper-parameters every preconditioner accepts (see :class:`Preconditioner`)."""
+
+    damping: float
+    running_avg: float | None
+    kl_clip: float | None
+    scaling: Scaling
+    update_interval: int
+    skip_layers: str | Iterable[str]
+    stat_batch: int | None
+    conv_factors: ConvFactors
+    enabled: bool
+    reducer: Reducer | None
+
+
+SHARED_DEFAULTS: Options = {
+    "damping": 0.03,
+    "running_avg": 0.95,
+    "kl_clip": 0.001,
+    "scaling": "kl_clip",
+    "update_interval": 1,
+    "skip_layers": (),
+    "stat_batch": None,
+    "conv_factors": "reduce",
+    "enabled": True,
+    "reducer": None,
+}
+
+
 class Preconditioner:
     """Base class: layer discovery, statistics hooks, running averages, scaling, state dict.
+
+    Every algorithm is built as ``Cls(model, optimizer, **options)`` with the shared options below
+    (an algorithm's own ``defaults`` replace some of these defaults; its docstring says which)
+    plus, for some, a few keyword arguments of their own.
 
     Args:
         model: The model whose ``nn.Linear`` / ``nn.Conv2d`` layers (subclasses included) are
@@ -71,14 +102,18 @@ class Preconditioner:
             ``param_groups[0]["lr"]`` is the α of KL clipping (Eq. 16), read at every step.
         damping: γ > 0. Default 0.03.
         running_avg: ξ ∈ (0, 1], the weight of the *current* statistics in the running average
-            (Eq. 14–15); the first refresh takes the current statistics as they are. Default 0.95.
+            (Eq. 14–15); the first refresh takes the current statistics as they are. ``None``
+            (where an algorithm allows it) sums the statistics instead. Default 0.95.
         kl_clip: κ ≥ 0 of KL clipping (Eq. 16); ``None`` disables clipping. Default 0.001.
-        scaling: ``"kl_clip"``, ``"kl_norm"``, ``"graft"`` or ``None``; ``"default"`` picks the
-            algorithm's own (``default_scaling``).
+        scaling: ``"kl_clip"`` (Eq. 16), ``"kl_norm"`` (§4.1), ``"graft"`` (§4.2) or ``None``.
+            Default ``"kl_clip"``.
         update_interval: Second-order state is refreshed every this many steps. Default 1.
         skip_layers: ``fnmatch`` patterns of module names (or class names) to leave first-order.
-        stat_batch: Use only the first ``stat_batch`` samples of a batch for statistics
+            Default none.
+        stat_batch: Use only the first ``stat_batch`` samples of each local batch for statistics
             (the Eva authors' code used 16); ``None`` (default) uses the whole local batch.
+        conv_factors: How convolutions form Kronecker factors (K-FAC, FOOF): ``"reduce"``
+            (default) or ``"expand"``; see :mod:`eva.statistics`.
         enabled: When ``False``, :meth:`step` and the hooks do nothing, so training is exactly
             the first-order optimizer's. Can be toggled at any time via the attribute.
         reducer: How statistics are averaged across workers; default: all-reduce when
@@ -86,39 +121,35 @@ class Preconditioner:
 
     Raises:
         ValueError: a hyper-parameter out of range, or a model with no supported layer.
+        TypeError: an option no preconditioner knows.
     """
 
+    defaults: ClassVar[Options] = {}
+    """The algorithm's own defaults, over :data:`SHARED_DEFAULTS`."""
     statistics_needed: ClassVar[tuple[str, ...]] = ()
     """Which per-batch statistics the hooks collect: a subset of ``a_mean``, ``g_mean`` (Eq. 10),
     ``a_factor``, ``g_factor`` (Eq. 4)."""
-    default_scaling: ClassVar[Scaling] = "kl_clip"
     include_bias: ClassVar[bool] = True
     """``True``: the layer's gradient is the matrix ``G`` with the bias column; ``False``: the
     weight gradient as its own tensor (bias left first-order)."""
     allow_running_sum: ClassVar[bool] = False
 
     def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        damping: float = 0.03,
-        running_avg: float | None = 0.95,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 1,
-        skip_layers: Iterable[str] = (),
-        stat_batch: int | None = None,
-        conv_factors: ConvFactors = "reduce",
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Unpack[Options]
     ) -> None:
+        unknown = sorted(set(options) - set(SHARED_DEFAULTS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected option(s) {unknown}")
+        opts: dict[str, Any] = {**SHARED_DEFAULTS, **self.defaults, **options}
+        damping, running_avg, kl_clip = opts["damping"], opts["running_avg"], opts["kl_clip"]
+        scaling, update_interval, stat_batch = (
+            opts["scaling"], opts["update_interval"], opts["stat_batch"],
+        )  # fmt: skip
+        conv_factors = opts["conv_factors"]
         check_positive("damping", damping)
         check_running_avg(running_avg, allow_none=self.allow_running_sum)
         if kl_clip is not None and (not isinstance(kl_clip, int | float) or not kl_clip >= 0):
             raise ValueError(f"kl_clip must be >= 0 or None, got {kl_clip!r}")
-        if scaling == DEFAULT:
-            scaling = self.default_scaling
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
         check_int("update_interval", update_interval)
@@ -138,10 +169,10 @@ class Preconditioner:
         self.update_interval = update_interval
         self.stat_batch = stat_batch
         self.conv_factors: ConvFactors = conv_factors
-        self.enabled = enabled
-        self.reducer = reducer if reducer is not None else default_reducer()
+        self.enabled: bool = opts["enabled"]
+        self.reducer: Reducer = opts["reducer"] or default_reducer()
 
-        self.layers = find_layers(model, skip_layers)
+        self.layers = find_layers(model, opts["skip_layers"])
         if not self.layers:
             raise ValueError(
                 "model has no supported layer to precondition (nn.Linear / nn.Conv2d with "

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-from eva.comm import Reducer
 from eva.layers import Layer
-from eva.preconditioner import DEFAULT, Preconditioner, check_int
-from eva.scaling import Scaling
+from eva.preconditioner import Options, Preconditioner, check_int
 
 
 def merged_shape(shape: torch.Size, max_dim: int, merge_dims: bool = True) -> tuple[int, ...]:
@@ -88,53 +87,37 @@ class Shampoo(Preconditioner):
     float32; roots in the gradient's dtype.
 
     Args:
-        model: As :class:`~eva.preconditioner.Preconditioner`.
-        optimizer: As :class:`~eva.preconditioner.Preconditioner`.
-        damping: γ > 0, added to the eigenvalues of each ``M_i``. Default 1e-3.
-        running_avg: ``None`` (default, running sums) or ξ ∈ (0, 1].
-        kl_clip: κ, used only with ``scaling="kl_clip"``. Default 0.001.
-        scaling: Default ``"graft"`` (layer-wise grafting to the gradient norm).
-        update_interval: The roots are recomputed every this many steps. Default 10 (the paper's
-            CIFAR-10 runs).
         max_dim: Largest factor dimension, an integer ≥ 1. Default 1024.
         merge_dims: Merge small trailing dimensions (see above). Default ``True``.
-        skip_layers: As :class:`~eva.preconditioner.Preconditioner`. Default none.
-        enabled: As :class:`~eva.preconditioner.Preconditioner`. Default ``True``.
-        reducer: As :class:`~eva.preconditioner.Preconditioner` (unused: the gradients Shampoo
-            reads are already averaged across workers). Default ``None``.
+        **options: As :class:`~eva.preconditioner.Preconditioner`, with the defaults
+            ``damping=1e-3`` (added to the eigenvalues of each ``M_i``), ``running_avg=None``
+            (running sums), ``scaling="graft"`` (layer-wise grafting to the gradient norm) and
+            ``update_interval=10`` (roots recomputed every 10 steps, the paper's CIFAR-10 runs).
+            No statistics are all-reduced: Shampoo reads the already averaged gradients.
 
     Raises:
         ValueError: a hyper-parameter out of range, or a model with no supported layer.
     """
 
+    defaults: ClassVar[Options] = {
+        "damping": 1e-3, "running_avg": None, "scaling": "graft", "update_interval": 10,
+    }  # fmt: skip
     include_bias = False
     allow_running_sum = True
-    default_scaling = "graft"
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        damping: float = 1e-3,
-        running_avg: float | None = None,
-        kl_clip: float | None = 0.001,
-        scaling: Scaling | str = DEFAULT,
-        update_interval: int = 10,
         max_dim: int = 1024,
         merge_dims: bool = True,
-        skip_layers: Iterable[str] = (),
-        enabled: bool = True,
-        reducer: Reducer | None = None,
+        **options: Unpack[Options],
     ) -> None:
         check_int("max_dim", max_dim)
         if not isinstance(merge_dims, bool):
             raise ValueError(f"merge_dims must be a bool, got {merge_dims!r}")
-        super().__init__(
-            model, optimizer, damping=damping, running_avg=running_avg, kl_clip=kl_clip,
-            scaling=scaling, update_interval=update_interval, skip_layers=skip_layers,
-            enabled=enabled, reducer=reducer,
-        )  # fmt: skip
+        super().__init__(model, optimizer, **options)
         self.max_dim = max_dim
         self.merge_dims = merge_dims
 

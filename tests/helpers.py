@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import eva
+from eva.preconditioner import SHARED_DEFAULTS
 
 DTYPE = torch.float64
 
@@ -27,7 +28,8 @@ def accepted_kwargs(cls: type) -> set[str]:
     """Names of the keyword arguments ``cls(model, optimizer, ...)`` accepts."""
     params = inspect.signature(cls).parameters.values()
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return {p.name for p in params if p.kind in kinds} - {"model", "optimizer"}
+    own = {p.name for p in params if p.kind in kinds} - {"model", "optimizer"}
+    return own | set(SHARED_DEFAULTS)
 
 
 # Where several steps at lr 0.1 are compared numerically: M-FAC's default damping (1e-5, tuned for

@@ -754,3 +754,20 @@ def test_load_state_dict_with_other_layers_raises(name):
     smaller = make_model(TinyMLP)
     with pytest.raises(ValueError, match="layers"):
         build(cls, smaller, sgd(smaller)).load_state_dict(pre.state_dict())
+
+
+@pytest.mark.parametrize("name", registry_names())
+def test_unknown_option_is_a_type_error(name):
+    model = make_model()
+    with pytest.raises(TypeError, match="dampnig"):
+        eva.PRECONDITIONERS[name](model, sgd(model), dampnig=0.1)
+
+
+def test_class_defaults_override_shared_defaults():
+    model = make_model()
+    kfac, foof = eva.KFAC(model, sgd(model)), eva.FOOF(model, sgd(model))
+    assert (kfac.update_interval, kfac.running_avg, kfac.scaling) == (10, 0.95, "kl_clip")
+    assert (foof.update_interval, foof.running_avg) == (50, 1.0)
+    assert eva.EvaF(model, sgd(model)).scaling == "kl_norm"
+    assert eva.EvaS(model, sgd(model)).running_avg is None
+    assert eva.KFAC(model, sgd(model), update_interval=3).update_interval == 3
