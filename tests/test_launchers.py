@@ -32,8 +32,17 @@ def test_launch_scripts_parse(script: str) -> None:
 
 
 def test_slurm_tasks_become_torch_distributed_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+    exported = (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    )
+    for key in exported:  # setenv first, so that monkeypatch restores them (absent) afterwards
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     slurm = {
         "SUBMITIT_EXECUTOR": "slurm",
         "_TEST_CLUSTER_": "slurm",
