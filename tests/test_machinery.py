@@ -771,3 +771,26 @@ def test_class_defaults_override_shared_defaults():
     assert eva.EvaF(model, sgd(model)).scaling == "kl_norm"
     assert eva.EvaS(model, sgd(model)).running_avg is None
     assert eva.KFAC(model, sgd(model), update_interval=3).update_interval == 3
+
+
+@pytest.mark.parametrize("name", ["eva", "kfac"])
+def test_loss_scale_is_divided_out_of_statistics(name):
+    """fp16-style loss scaling: backward of S·loss, unscaled parameter gradients and
+    ``step(grad_scale=S)`` give the same update as the unscaled loss."""
+    results = []
+    for scale in (None, 1024.0):
+        model = make_model()
+        optimizer = sgd(model)
+        pre = eva.PRECONDITIONERS[name](model, optimizer, update_interval=1)
+        for x, y in image_batches(3):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            (loss * (scale or 1.0)).backward()
+            if scale is not None:
+                for p in model.parameters():
+                    p.grad.div_(scale)
+            pre.step(grad_scale=scale)
+            optimizer.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
