@@ -48,14 +48,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("optimizer", ["eva", "kfac"])
-def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) -> None:
-    common = [*ARGS, f"optimizer={optimizer}", "optimizer.lr=0.05"]
-    torchrun = [
+def _torchrun() -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -63,6 +57,16 @@ def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) 
         f"--master_port={_free_port()}",
         "train.py",
     ]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("optimizer", ["eva", "kfac"])
+def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) -> None:
+    common = [*ARGS, f"optimizer={optimizer}", "optimizer.lr=0.05"]
+    torchrun = _torchrun()
     multi = _run([*torchrun, *common, f"out_root={tmp_path / 'multi'}"])
     assert multi.returncode == 0, multi.stderr[-3000:]
     single = _run([sys.executable, "train.py", *common, f"out_root={tmp_path / 'single'}"])
@@ -80,14 +84,7 @@ def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) 
 
 
 def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "train.py",
-    ]
+    torchrun = _torchrun()
     proc = _run([*torchrun, *ARGS, "optimizer=sgd", "trainer.batch_size=7", f"out_root={tmp_path}"])
     assert proc.returncode != 0
     assert "trainer.batch_size must be divisible by the number of workers (2)" in proc.stderr

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 import train
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError, validate
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,18 +31,11 @@ OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 
 # The autoencoder on 64-dim synthetic vectors: Linear layers only, fast even under bf16 autocast.
 TINY_AE = (
+    *(o for o in TINY if not o.startswith(("model=", "dataset.input_shape="))),
     "model=autoencoder",
-    "+model.kwargs.dims=[64,16,4]",
-    "dataset=synthetic",
+    "model.kwargs.dims=[64,16,4]",
     "dataset.num_classes=null",
     "dataset.input_shape=[64]",
-    "dataset.num_train=32",
-    "dataset.num_test=16",
-    "trainer.batch_size=8",
-    "trainer.eval_batch_size=16",
-    "trainer.device=cpu",
-    "trainer.progress=false",
-    "logger.wandb=false",
 )
 
 
