@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean distclean
+.PHONY: setup demo test bench lint clean distclean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+## bench: step time, memory and communication vs SGD (CIFAR models, batch 128), into results/bench/
+bench: $(STAMP)
+	PYTHONPATH=. $(PY) scripts/bench.py --models resnet110,vgg19 --out results/bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
