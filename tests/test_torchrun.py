@@ -91,3 +91,20 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
     # torchrun's launcher reports the failed workers in its own words; the workers print one line
     assert 'train.py", line' not in proc.stderr
     assert not list(tmp_path.rglob("record.json"))
+
+
+def test_resumed_distributed_run_equals_uninterrupted(tmp_path: Path) -> None:
+    """Two workers stopped mid-epoch 2 and resumed end with the uninterrupted run's weights."""
+    common = [*ARGS, "optimizer=kfac", "optimizer.update_interval=3", "optimizer.lr=0.05"]
+    whole = _run([*_torchrun(), *common, f"out_root={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    parts = tmp_path / "parts"
+    first = _run([*_torchrun(), *common, "trainer.max_steps=6", f"out_root={parts}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run([*_torchrun(), *common, "resume=true", f"out_root={parts}"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    want = torch.load(tmp_path / "whole" / "adhoc" / "run" / "checkpoint.pt", weights_only=True)
+    got = torch.load(parts / "adhoc" / "run" / "checkpoint.pt", weights_only=True)
+    assert got["step"] == want["step"] == 8
+    for key, value in want["model"].items():
+        assert torch.equal(got["model"][key], value), key
