@@ -365,6 +365,7 @@ class Contender:
     reducer: CountingReducer | None
     hparams: dict[str, Any]
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     last_loss: Tensor | None = None
 
     def step(self, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -488,10 +489,11 @@ def time_round_robin(
                 c = contenders[label]
                 try:
                     synchronize(device)
-                    start = time.perf_counter()
+                    cpu_start, start = time.process_time(), time.perf_counter()
                     loss = c.step(x, y, loss_fn)
                     synchronize(device)
                     seconds = time.perf_counter() - start
+                    cpu_seconds = time.process_time() - cpu_start
                 except (RuntimeError, MemoryError) as err:  # e.g. out of memory
                     failed[label] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                     log(f"[{tag}] {label} failed: {failed[label]}")
@@ -501,6 +503,7 @@ def time_round_robin(
                 c.last_loss = loss
                 if r >= warmup:
                     c.times.append(seconds)
+                    c.cpu_times.append(cpu_seconds)
                 line.append(f"{label} {1e3 * seconds:.0f}")
             gc.collect()
             load = os.getloadavg()[0]
@@ -637,6 +640,7 @@ def benchmark_model(
         algo = {
             "hparams": c.hparams,
             "time_ms": summarize_times(c.times),
+            "cpu_time_ms": summarize_times(c.cpu_times),
             "state_bytes": state_bytes(c),
             "comm": communication(c, grad_bytes),
             "final_loss": loss,
@@ -652,6 +656,7 @@ def benchmark_model(
         algo["time_ratio_median"] = algo["time_ms"]["median"] / sgd["time_ms"]["median"]
         algo["time_ratio_mean"] = algo["time_ms"]["mean"] / sgd["time_ms"]["mean"]
         algo["time_ratio_paired"] = paired_ratio(algo["time_ms"]["all"], sgd["time_ms"]["all"])
+        algo["cpu_time_ratio_median"] = algo["cpu_time_ms"]["median"] / sgd["cpu_time_ms"]["median"]
         algo["state_ratio"] = algo["state_bytes"]["total"] / sgd["state_bytes"]["total"]
     del contenders
     gc.collect()
@@ -1165,6 +1170,8 @@ def run_step_time(argv: Sequence[str]) -> dict[str, Any]:
             "time_ratio_mean": "mean step time (refresh spikes included) / SGD's mean",
             "time_ratio_paired": "median over rounds of step time / SGD's step time in the same "
             "round",
+            "cpu_time_ratio_median": "median process CPU time per step (all threads, "
+            "time.process_time) / SGD's: less sensitive to being descheduled by other processes",
             "state_ratio": "(params + grads + optimizer state + preconditioner state bytes) / "
             "SGD's",
             "peak_memory.ratio": "rss: resident-set high-water mark of a fresh, warmed-up "
