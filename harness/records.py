@@ -58,6 +58,18 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty.strip() else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 class RunRecord:
     """Reads and writes ``record.json`` and ``metrics.jsonl`` in a run directory."""
 

@@ -70,7 +70,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import eva  # noqa: E402
 from eva.layers import find_layers  # noqa: E402
-from harness.records import atomic_write_text, git_commit  # noqa: E402
+from harness.records import atomic_write_text, cpu_model, git_commit  # noqa: E402
 from models.registry import MODELS, build_model  # noqa: E402
 
 FIRST_ORDER = ("sgd", "adagrad", "adamw")
@@ -263,15 +263,7 @@ def device_tag(device: torch.device) -> str:
 
 def machine_description(device: torch.device) -> dict[str, Any]:
     """Device, CPU, thread count and software versions."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",

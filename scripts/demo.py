@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data.mnist import load_mnist  # noqa: E402
+from harness.records import cpu_model  # noqa: E402
 from models.autoencoder import Autoencoder  # noqa: E402
 
 OPTIMIZERS = ("sgd", "eva", "kfac")
@@ -263,15 +264,7 @@ def machine_description() -> dict[str, Any]:
     Returns:
         CPU model, core count, torch threads, platform, Python and torch versions.
     """
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu or platform.machine(),
         "cpu_count": os.cpu_count(),
