@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean distclean
+.PHONY: setup demo test bench bench-ttt lint clean distclean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 ## bench: step time, memory and communication vs SGD (CIFAR models, batch 128), into results/bench/
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/bench.py --models resnet110,vgg19 --out results/bench
+
+## bench-ttt: time to target (paper Fig. 5 style), MNIST autoencoder, 3 seeds, ~4 min on CPU
+bench-ttt: $(STAMP)
+	PYTHONPATH=. $(PY) scripts/bench.py time-to-target --out results/bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -270,10 +270,11 @@ def render_time_to_target(record: dict[str, Any]) -> str:
         f"optimizer trains for at most {config['max_epochs']} epochs "
         f"({record['max_steps']} steps) at a constant learning rate, from the same initial "
         "weights and data order per seed. Steps and seconds are medians over seeds (a seed that "
-        "never reaches the target counts as infinite).",
+        "never reaches the target counts as infinite). Runs are timed one after another, not "
+        "interleaved: compare seconds within one record only, and expect a few percent of drift.",
         "",
         "| optimizer | lr | steps to target | seconds to target | time ×SGD | reached | "
-        "ms/step | final loss |",
+        "ms/step | loss at stop |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, res in record["results"].items():
