@@ -5,7 +5,9 @@ only the statistics the algorithm needs (means or mean outer products, never the
 :meth:`Preconditioner.step` then, after ``loss.backward()`` and before ``optimizer.step()``:
 
 1. on refresh steps (every ``update_interval``-th), averages the statistics collected since the
-   last step across workers and folds them into the running state (Eq. 14–15);
+   last step across workers (with several workers, by default most of this all-reduce already
+   ran during the backward pass: ``overlap_comm``) and folds them into the running state
+   (Eq. 14–15);
 2. preconditions every layer's gradient with the algorithm's own equation;
 3. applies the step-size control (``scaling``: KL clipping Eq. 16, KL normalization §4.1,
    grafting §4.2, or none) over all layers;
@@ -28,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import Unpack
 
 from eva import statistics
-from eva.comm import Reducer, default_reducer
+from eva.comm import OverlappedAverage, Reducer, default_reducer
 from eva.layers import Layer, find_layers
 from eva.scaling import SCALINGS, Scaling, apply_scaling
 from eva.statistics import CONV_FACTORS, ConvFactors
@@ -72,6 +74,7 @@ class Options(TypedDict, total=False):
     conv_factors: ConvFactors
     enabled: bool
     reducer: Reducer | None
+    overlap_comm: bool
 
 
 SHARED_DEFAULTS: Options = {
@@ -85,6 +88,7 @@ SHARED_DEFAULTS: Options = {
     "conv_factors": "reduce",
     "enabled": True,
     "reducer": None,
+    "overlap_comm": True,
 }
 
 
@@ -118,6 +122,22 @@ class Preconditioner:
             the first-order optimizer's. Can be toggled at any time via the attribute.
         reducer: How statistics are averaged across workers; default: all-reduce when
             ``torch.distributed`` is initialised with more than one process, else nothing.
+        overlap_comm: With more than one worker, start averaging a layer's statistics in the
+            backward pass, as soon as they are complete, instead of in :meth:`step`. A layer is
+            complete in its output-gradient hook once the gradients of all its forward calls
+            of this step (outside recomputations) have arrived. Layers are bucketed in the
+            reverse order of ``model.modules()`` (the usual backward order; a layer reached
+            early waits for those before it) up to the reducer's ``bucket_bytes``, and each
+            full bucket is all-reduced asynchronously; :meth:`step` waits, averages what is
+            left, and continues with the same numbers as without overlap. A layer that gets new
+            statistics after it was sent (gradient accumulation over several micro-batches, an
+            activation-checkpointing recompute) makes everything sent so far in this step be
+            sent again, so the last micro-batch's backward carries the communication. All
+            workers must run the same forward and backward passes per step (as DDP requires).
+            Only hook statistics are concerned: algorithms whose statistics come from the
+            averaged gradient (Eva-s, Shampoo, M-FAC) communicate nothing. A reducer without
+            ``average_async`` (see :mod:`eva.comm`) averages synchronously in :meth:`step`.
+            ``False`` averages everything in :meth:`step`. Default ``True``.
 
     Raises:
         ValueError: a hyper-parameter out of range, or a model with no supported layer.
@@ -159,6 +179,8 @@ class Preconditioner:
             raise ValueError(f"conv_factors must be one of {CONV_FACTORS}, got {conv_factors!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        if not isinstance(opts["overlap_comm"], bool):
+            raise ValueError(f"overlap_comm must be a bool, got {opts['overlap_comm']!r}")
 
         self.model = model
         self.optimizer = optimizer
@@ -181,6 +203,15 @@ class Preconditioner:
         self.steps = 0
         self.state: dict[str, dict[str, Tensor]] = {layer.name: {} for layer in self.layers}
         self._pending: dict[str, dict[str, list[Any]]] = {layer.name: {} for layer in self.layers}
+        self.overlap_comm: bool = opts["overlap_comm"]
+        self._overlap: OverlappedAverage | None = None
+        if self.overlap_comm and self.statistics_needed and self.reducer.world_size > 1:
+            order = [layer.name for layer in reversed(self.layers)]
+            self._overlap = OverlappedAverage(self.reducer, order)
+        # per layer, this step: output-gradient hooks registered by forwards outside a backward
+        # pass (recomputations excluded), and output-gradient hooks that fired
+        self._grads_expected = dict.fromkeys(self._pending, 0)
+        self._grads_seen = dict.fromkeys(self._pending, 0)
         self._handles: list[RemovableHandle] = []
         if self.statistics_needed:
             for layer in self.layers:
@@ -198,6 +229,8 @@ class Preconditioner:
         return self.enabled and self.refresh_step and module.training and torch.is_grad_enabled()
 
     def _accumulate(self, layer: Layer, key: str, value: Tensor) -> None:
+        if self._overlap is not None and layer.name in self._overlap:
+            self._overlap.invalidate()  # its statistics already left: send again
         slot = self._pending[layer.name].get(key)
         if slot is None:
             self._pending[layer.name][key] = [value, 1]
@@ -217,8 +250,13 @@ class Preconditioner:
             return
         with torch.autocast(output.device.type, enabled=False):  # statistics in full precision
             self._input_statistics(layer, module, inputs[0])
-        if output.requires_grad and any(k in self.statistics_needed for k in GRAD_STATS):
+        grad_stats = any(k in self.statistics_needed for k in GRAD_STATS)
+        if output.requires_grad and (grad_stats or self._overlap is not None):
             output.register_hook(partial(self._grad_hook, layer))
+            # a forward run by the autograd engine is an activation-checkpointing recompute,
+            # whose output gradient may never be computed (non-reentrant checkpoints)
+            if self._overlap is not None and torch._C._current_graph_task_id() == -1:
+                self._grads_expected[layer.name] += 1
 
     def _input_statistics(self, layer: Layer, module: nn.Module, x: Tensor) -> None:
         x = self._prepare(layer, x)
@@ -232,6 +270,32 @@ class Preconditioner:
     def _grad_hook(self, layer: Layer, grad_output: Tensor) -> None:
         with torch.autocast(grad_output.device.type, enabled=False):
             self._grad_statistics(layer, grad_output)
+        if self._overlap is not None:
+            self._send_if_complete(self._overlap, layer.name)
+
+    def _send_if_complete(self, overlap: OverlappedAverage, name: str) -> None:
+        """Start averaging a layer's statistics if they are complete for this step: every
+        statistic is present and every output gradient expected from this step's forwards has
+        arrived (``overlap_comm``)."""
+        self._grads_seen[name] += 1
+        pending = self._pending[name]
+        if (
+            self._grads_seen[name] >= self._grads_expected[name]
+            and all(key in pending for key in self.statistics_needed)
+            and name not in overlap
+        ):
+            overlap.submit(name, self._means(pending))
+
+    @staticmethod
+    def _means(pending: dict[str, list[Any]]) -> dict[str, Tensor]:
+        """The mean over micro-batches of each accumulated statistic (new tensors)."""
+        return {key: total / count for key, (total, count) in pending.items()}
+
+    def _clear_pending(self) -> None:
+        """Forget this step's statistics and hook counts."""
+        for name, pending in self._pending.items():
+            pending.clear()
+            self._grads_expected[name] = self._grads_seen[name] = 0
 
     def _grad_statistics(self, layer: Layer, grad_output: Tensor) -> None:
         gy = self._prepare(layer, grad_output)
@@ -253,20 +317,23 @@ class Preconditioner:
         process computes on the whole batch. A loss scale (fp16 mixed precision) is divided out
         the same way.
         """
-        current = {
-            name: {key: total / count for key, (total, count) in pending.items()}
-            for name, pending in self._pending.items()
-            if pending
-        }
-        self.reducer.average([t for stats in current.values() for t in stats.values()])
+        if self._overlap is None:
+            current = {name: self._means(p) for name, p in self._pending.items() if p}
+            self.reducer.average([t for stats in current.values() for t in stats.values()])
+        else:  # most are on their way since the backward pass (overlap_comm): wait, send the rest
+            rest = {
+                name: self._means(p)
+                for name, p in self._pending.items()
+                if p and name not in self._overlap
+            }
+            current = {k: dict(v) for k, v in self._overlap.finish(rest).items()}
         scale = self.reducer.world_size * (1.0 if grad_scale is None else grad_scale)
         if grad_scale is not None or self.reducer.world_size > 1:
             for stats in current.values():
                 for key, power in (("g_mean", 1), ("g_factor", 2)):
                     if key in stats:
                         stats[key].div_(scale**power)
-        for pending in self._pending.values():
-            pending.clear()
+        self._clear_pending()
         return current
 
     # ------------------------------------------------------------------ algorithm interface
@@ -326,8 +393,9 @@ class Preconditioner:
                 output-gradient statistics captured by the hooks are unscaled here.
         """
         if not self.enabled:
-            for pending in self._pending.values():
-                pending.clear()
+            if self._overlap is not None:
+                self._overlap.finish({})  # complete (and discard) what the hooks started
+            self._clear_pending()
             self.steps += 1
             return
         refresh = self.refresh_step

@@ -1,12 +1,17 @@
-"""eva/comm.py: the reducers, on 2 gloo processes (CPU), and N processes == 1 process.
+"""eva/comm.py: the reducers, overlapped averaging, on 2 gloo processes (CPU), and N processes
+== 1 process, with statistics averaged in ``step()`` or during the backward pass (``overlap_comm``).
 
 All multi-process work runs in one ``torch.multiprocessing.spawn`` (module-scoped fixture); the
-workers only compute and save, the assertions run here.
+workers only compute and save, the assertions run here. The bookkeeping of the overlap (when a
+layer is sent, sent again, or left for ``step()``) is also checked in one process with a fake
+two-worker reducer, which makes every launch observable.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,20 +19,66 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 import eva
-from eva.comm import LocalReducer, TorchDistributedReducer, default_reducer
-from tests.helpers import STABLE_KWARGS, build, image_batches, make_model, registry_names, sgd
+from eva.comm import (
+    LocalReducer,
+    OverlappedAverage,
+    TorchDistributedReducer,
+    Work,
+    default_reducer,
+    start_average,
+)
+from eva.layers import find_layers
+from tests.helpers import (
+    STABLE_KWARGS,
+    TinyCNN,
+    TinyMLP,
+    build,
+    image_batches,
+    make_model,
+    registry_names,
+    sgd,
+    vector_batches,
+)
 
 WORLD = 2
 BUCKETS = {"one-bucket-per-dtype": 32 << 20, "tiny": 16}
-# Every registered preconditioner, plus variants with other statistics paths, plus plain SGD.
-CASES: dict[str, tuple[str, dict]] = {name: (name, {}) for name in registry_names()} | {
-    "sgd": ("eva", {"enabled": False}),
-    "kfac_expand": ("kfac", {"conv_factors": "expand", "update_interval": 1}),
-    "foof_rank1": ("foof", {"rank": 1}),
+HOOK_NAMES = [n for n in registry_names() if eva.PRECONDITIONERS[n].statistics_needed]
+"""Preconditioners whose statistics come from hooks (the others communicate nothing)."""
+
+
+class CheckpointedCNN(TinyCNN):
+    """TinyCNN with conv2 → fc1 in a non-reentrant activation checkpoint (recomputed in the
+    backward pass, firing those layers' forward hooks a second time)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.conv1(x))
+        x = checkpoint(self._segment, x, use_reentrant=False)
+        return self.fc2(x)
+
+    def _segment(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc1(torch.relu(self.conv2(x)).flatten(1)))
+
+
+# case -> (preconditioner, extra options, loop). Loops: "plain" (one forward/backward per step),
+# "accumulate" (two micro-batches per step), "checkpoint" (CheckpointedCNN).
+CASES: dict[str, tuple[str, dict, str]] = {
+    name: (name, {}, "plain") for name in registry_names()
+} | {
+    "sgd": ("eva", {"enabled": False}, "plain"),
+    "kfac_expand": ("kfac", {"conv_factors": "expand", "update_interval": 1}, "plain"),
+    "foof_rank1": ("foof", {"rank": 1}, "plain"),
+    "eva_accumulate": ("eva", {"update_interval": 1}, "accumulate"),
+    "kfac_accumulate": ("kfac", {}, "accumulate"),
+    "eva_f_accumulate": ("eva_f", {"update_interval": 1}, "accumulate"),
+    "eva_checkpoint": ("eva", {"update_interval": 1}, "checkpoint"),
+    "foof_checkpoint": ("foof", {"update_interval": 1}, "checkpoint"),
 }
+SPY_NAMES = ["eva", "eva_f", "kfac", "foof", "shampoo"]
 
 
 def reducer_inputs(rank: int) -> list[torch.Tensor]:
@@ -43,28 +94,77 @@ def reducer_inputs(rank: int) -> list[torch.Tensor]:
     return tensors
 
 
-def _train(case: str, rank: int, distributed: bool) -> dict[str, torch.Tensor]:
+def _train(case: str, rank: int, distributed: bool, overlap: bool = True) -> dict[str, Tensor]:
     """3 steps on the same global batches: DDP on half of each batch per rank, or all of it."""
-    name, extra = CASES[case]
+    name, extra, loop = CASES[case]
     cls = eva.PRECONDITIONERS[name]
     kwargs = {"update_interval": 2, **STABLE_KWARGS.get(name, {}), **extra}
-    model = make_model()
+    model = make_model(CheckpointedCNN if loop == "checkpoint" else TinyCNN)
     optimizer = sgd(model)
     if distributed:
-        net = DistributedDataParallel(model)
-        pre = build(cls, net, optimizer, **kwargs)
+        net: nn.Module = DistributedDataParallel(model)
+        pre = build(cls, net, optimizer, overlap_comm=overlap, **kwargs)
     else:
         net = model
         pre = build(cls, net, optimizer, reducer=LocalReducer(), **kwargs)
+    micro = 2 if loop == "accumulate" else 1
     for x, y in image_batches(3, batch=8):
         if distributed:
             local = slice(rank * 8 // WORLD, (rank + 1) * 8 // WORLD)
             x, y = x[local], y[local]
         optimizer.zero_grad()
-        F.cross_entropy(net(x), y).backward()
+        for xs, ys in zip(x.chunk(micro), y.chunk(micro), strict=True):
+            (F.cross_entropy(net(xs), ys) / micro).backward()
         pre.step()
         optimizer.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
+class _LoggedWork:
+    def __init__(self, work: Work, log: list[str]) -> None:
+        self.work, self.log = work, log
+
+    def wait(self) -> None:
+        self.log.append("wait")
+        self.work.wait()
+
+
+class SpyReducer(TorchDistributedReducer):
+    """The all-reduce reducer, logging each launch (inside a backward pass or not) and wait."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(bucket_bytes=1)  # every tensor its own bucket: one launch per statistic
+        self.log = log
+
+    def average_async(self, tensors: list[Tensor]) -> Work:
+        self.log.append("launch-in-backward" if _in_backward() else "launch")
+        return _LoggedWork(super().average_async(tensors), self.log)
+
+
+def _spy(name: str, rank: int, overlap: bool) -> list[str]:
+    """2 refresh steps under DDP; the events of the reducer and of the loop, in order."""
+    log: list[str] = []
+    model = make_model()
+    optimizer = sgd(model)
+    net = DistributedDataParallel(model)
+    pre = build(
+        eva.PRECONDITIONERS[name], net, optimizer, update_interval=1, overlap_comm=overlap,
+        reducer=SpyReducer(log), **STABLE_KWARGS.get(name, {}),
+    )  # fmt: skip
+    for x, y in image_batches(2, batch=8):
+        x = x[rank * 4 : (rank + 1) * 4].requires_grad_()
+        x.register_hook(lambda g: log.append("input-grad"))  # the backward pass's last step
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y[rank * 4 : (rank + 1) * 4]).backward()
+        log.append("step")
+        pre.step()
+        log.append("stepped")
+        optimizer.step()
+    return log
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -94,9 +194,15 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["reduced"][label] = {"tensors": tensors, "calls": len(calls)}
         for case in CASES:
             results["train"][case] = {
-                "distributed": _train(case, rank, distributed=True),
+                "overlap": _train(case, rank, distributed=True, overlap=True),
+                "step": _train(case, rank, distributed=True, overlap=False),
                 "single": _train(case, rank, distributed=False),
             }
+        results["spy"] = {
+            (name, overlap): _spy(name, rank, overlap)
+            for name in SPY_NAMES
+            for overlap in (True, False)
+        }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -141,11 +247,13 @@ def test_reducer_averages_exactly(spawned, label):
             assert reduced["calls"] == 2, "one fused all-reduce per dtype"
 
 
+@pytest.mark.parametrize("mode", ["overlap", "step"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_two_processes_equal_one(spawned, name):
+def test_two_processes_equal_one(spawned, name, mode):
+    """``mode``: statistics averaged during the backward pass (overlap_comm) or in step()."""
     single = spawned[0]["train"][name]["single"]
     for rank, results in enumerate(spawned):
-        got = results["train"][name]["distributed"]
+        got = results["train"][name][mode]
         for key, want in single.items():
             torch.testing.assert_close(
                 got[key],
@@ -155,5 +263,261 @@ def test_two_processes_equal_one(spawned, name):
                 msg=lambda m, k=key, r=rank: f"rank {r} {k}: {m}",
             )
     # both ranks hold bit-identical parameters
-    for key, value in spawned[0]["train"][name]["distributed"].items():
-        assert torch.equal(value, spawned[1]["train"][name]["distributed"][key]), key
+    for key, value in spawned[0]["train"][name][mode].items():
+        assert torch.equal(value, spawned[1]["train"][name][mode][key]), key
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_overlap_gives_the_step_time_numbers(spawned, name):
+    """With two workers the all-reduce adds two numbers, so where it runs changes no bit."""
+    for results in spawned:
+        runs = results["train"][name]
+        for key, value in runs["step"].items():
+            assert torch.equal(runs["overlap"][key], value), key
+
+
+def _statistic_count(name: str) -> int:
+    """Statistics per step of ``name`` on TinyCNN (4 layers)."""
+    return len(find_layers(make_model())) * len(eva.PRECONDITIONERS[name].statistics_needed)
+
+
+def _split_steps(log: list[str]) -> list[tuple[list[str], list[str]]]:
+    """``[(events before step(), events inside step())]`` per step of a spy log."""
+    steps, current = [], []
+    for event in log:
+        if event == "stepped":
+            i = current.index("step")
+            steps.append((current[:i], current[i + 1 :]))
+            current = []
+        else:
+            current.append(event)
+    return steps
+
+
+@pytest.mark.parametrize("name", SPY_NAMES)
+def test_overlap_launches_all_reduces_inside_backward(spawned, name):
+    """overlap_comm: every statistic's all-reduce starts during the backward pass, before the
+    last gradient (the input's) is computed; step() only waits. Without it, all start in step().
+    """
+    per_step = _statistic_count(name)  # bucket_bytes=1: one all-reduce per statistic
+    for results in spawned:
+        for overlap in (True, False):
+            log = results["spy"][(name, overlap)]
+            steps = _split_steps(log)
+            assert len(steps) == 2, log
+            for backward, step in steps:
+                if overlap:
+                    want_backward = ["launch-in-backward"] * per_step + ["input-grad"]
+                    want_step = ["wait"] * per_step
+                else:
+                    want_backward = ["input-grad"]
+                    want_step = ["launch"] * per_step + ["wait"] * per_step
+                assert backward == want_backward, (overlap, log)
+                assert step == want_step, (overlap, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# One process: the bookkeeping of the overlap, with a fake reducer for two identical workers
+# ---------------------------------------------------------------------------------------------
+class FakeWork:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def wait(self) -> None:
+        self.log.append("wait")
+
+
+class FakeTwoWorkers:
+    """Two workers holding the same statistics: the average leaves them as they are. Logs
+    every launch and wait (``average`` counts as a launch and a wait)."""
+
+    world_size = 2
+
+    def __init__(self, bucket_bytes: int = 1, asynchronous: bool = True) -> None:
+        self.bucket_bytes = bucket_bytes
+        self.log: list[str] = []
+        self.buckets: list[list[Tensor]] = []
+        if not asynchronous:
+            self.average_async = None  # type: ignore[assignment]  # start_average falls back
+
+    def average(self, tensors: list[Tensor]) -> None:
+        self.log += ["launch-in-backward" if _in_backward() else "launch", "wait"]
+
+    def average_async(self, tensors: list[Tensor]) -> Work:
+        self.log.append("launch-in-backward" if _in_backward() else "launch")
+        self.buckets.append(list(tensors))
+        return FakeWork(self.log)
+
+
+class SharedFC2(TinyMLP):
+    """fc2 applied twice: two forward calls (and two output gradients) of one layer per step."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class CheckpointedMLP(TinyMLP):
+    """fc1 → fc2 in an activation checkpoint; ``reentrant`` picks the implementation."""
+
+    reentrant = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        def segment(t: Tensor) -> Tensor:
+            return F.relu(self.fc2(F.relu(self.fc1(t))))
+
+        return self.fc3(checkpoint(segment, x, use_reentrant=self.reentrant))
+
+
+class ReentrantMLP(CheckpointedMLP):
+    reentrant = True
+
+
+# loop -> (model builder, micro-batches per step, launches per statistic per step)
+LOOPS: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
+    "plain": (TinyMLP, 1, 1),
+    "shared_layer": (SharedFC2, 1, 1),
+    "checkpoint": (CheckpointedMLP, 1, 1),
+    "checkpoint_reentrant": (ReentrantMLP, 1, 1),
+    "accumulate": (TinyMLP, 2, 2),  # the first micro-batch's launches are sent again
+}
+
+
+def _fake_run(name: str, loop: str, overlap: bool) -> tuple[dict, list[str], list]:
+    builder, micro, _ = LOOPS[loop]
+    reducer = FakeTwoWorkers()
+    model = make_model(builder)
+    optimizer = sgd(model)
+    pre = build(
+        eva.PRECONDITIONERS[name], model, optimizer, update_interval=2, overlap_comm=overlap,
+        reducer=reducer, **STABLE_KWARGS.get(name, {}),
+    )  # fmt: skip
+    grads = []
+    for x, y in vector_batches(3):
+        x.requires_grad_(loop == "checkpoint_reentrant")
+        optimizer.zero_grad()
+        for xs, ys in zip(x.chunk(micro), y.chunk(micro), strict=True):
+            (F.cross_entropy(model(xs), ys) / micro).backward()
+        reducer.log.append("step")
+        pre.step()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        optimizer.step()
+    return {"state": pre.state, "grads": grads}, reducer.log, reducer.buckets
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_overlap_bookkeeping_in_one_process(name, loop):
+    """Overlapped or not, the same state and gradients; with overlap every statistic leaves
+    during the backward pass (sent again after a second micro-batch), none in step()."""
+    (on, log_on, _), (off, log_off, _) = (_fake_run(name, loop, o) for o in (True, False))
+    for a, b in zip(on["grads"], off["grads"], strict=True):
+        for g, h in zip(a, b, strict=True):
+            assert torch.equal(g, h)
+    for layer, state in off["state"].items():
+        assert state.keys() == on["state"][layer].keys()
+        for key, value in state.items():
+            assert torch.equal(on["state"][layer][key], value), (layer, key)
+    statistics = 3 * len(eva.PRECONDITIONERS[name].statistics_needed)  # TinyMLP: 3 layers
+    launches = statistics * LOOPS[loop][2]
+    # update_interval=2: statistics on steps 1 and 3 only
+    refresh = ["launch-in-backward"] * launches + ["step"] + ["wait"] * launches
+    assert log_on == [*refresh, "step", *refresh], log_on
+    step_time = ["step", "launch", "wait"]  # one call of average() with every statistic
+    assert log_off == [*step_time, "step", *step_time], log_off
+
+
+def test_reducer_without_async_averages_in_step():
+    """The synchronous fallback: a reducer with ``average`` only is called in step(), once per
+    bucket (here one: all statistics are float64), with the same result as without overlap."""
+    states = []
+    x, y = vector_batches(1)[0]
+    for overlap in (True, False):
+        reducer = FakeTwoWorkers(bucket_bytes=32 << 20, asynchronous=False)
+        model = make_model(TinyMLP)
+        pre = eva.Eva(model, sgd(model), reducer=reducer, overlap_comm=overlap)
+        F.cross_entropy(model(x), y).backward()
+        reducer.log.append("step")
+        pre.step()
+        assert reducer.log == ["step", "launch", "wait"]
+        states.append(pre.state)
+    for layer, state in states[1].items():
+        for key, value in state.items():
+            assert torch.equal(states[0][layer][key], value)
+
+
+def test_overlap_comm_must_be_a_bool():
+    model = make_model()
+    with pytest.raises(ValueError, match="overlap_comm"):
+        eva.Eva(model, sgd(model), overlap_comm="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "reducer, overlap, hooked",
+    [
+        (LocalReducer(), True, False),
+        (FakeTwoWorkers(), False, False),
+        (FakeTwoWorkers(), True, True),
+    ],
+)
+def test_output_gradient_hook_only_for_overlap(reducer, overlap, hooked):
+    """Eva-f needs no gradient statistics: its layers' outputs get a gradient hook only to send
+    their statistics from the backward pass, i.e. with overlap and more than one worker."""
+    model = make_model(TinyMLP)
+    pre = eva.EvaF(model, sgd(model), reducer=reducer, overlap_comm=overlap)
+    assert (pre._overlap is not None) == hooked
+    out = model(vector_batches(1)[0][0])
+    assert bool(out._backward_hooks) == hooked
+
+
+def _vec(*values: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+def test_overlapped_average_buckets_in_the_fixed_order():
+    reducer = FakeTwoWorkers(bucket_bytes=12)  # three float32 numbers
+    queue = OverlappedAverage(reducer, ["c", "b", "a"])
+    b, c, a = {"x": _vec(1, 2)}, {"x": _vec(3), "y": _vec(4, dtype=torch.float64)}, {"x": _vec(5)}
+    queue.submit("b", b)
+    assert reducer.buckets == [] and "b" in queue  # waits for "c", first in the order
+    queue.submit("c", c)
+    assert [[t.tolist() for t in bucket] for bucket in reducer.buckets] == [[[3.0], [1.0, 2.0]]]
+    queue.submit("a", a)
+    assert len(reducer.buckets) == 1  # a's bucket is not full yet
+    groups = queue.finish({})
+    assert list(groups) == ["c", "b", "a"] and groups["b"] is b
+    assert [[t.tolist() for t in bucket] for bucket in reducer.buckets] == [
+        [[3.0], [1.0, 2.0]], [[4.0]], [[5.0]],
+    ]  # fmt: skip
+    assert reducer.log.count("wait") == 3
+    assert "a" not in queue  # finish starts the next step afresh
+
+
+def test_overlapped_average_invalidate_and_finish():
+    reducer = FakeTwoWorkers(bucket_bytes=4)
+    queue = OverlappedAverage(reducer, ["b", "a"])
+    queue.submit("b", {"x": _vec(1)})
+    queue.invalidate()
+    assert "b" not in queue
+    queue.submit("b", {"x": _vec(2)})
+    # "a" was never submitted in the backward pass: finish adds it, in order
+    groups = queue.finish({"a": {"x": _vec(3)}})
+    assert {k: v["x"].tolist() for k, v in groups.items()} == {"b": [2.0], "a": [3.0]}
+    assert [bucket[0].tolist() for bucket in reducer.buckets] == [[1.0], [2.0], [3.0]]
+    assert reducer.log.count("wait") == 3  # the discarded launch is waited for as well
+    with pytest.raises(ValueError, match="already submitted"):
+        queue.submit("a", {})
+        queue.submit("a", {})
+    with pytest.raises(ValueError, match="not in the order"):
+        queue.submit("z", {})
+
+
+def test_start_average_falls_back_to_average():
+    reducer = FakeTwoWorkers(asynchronous=False)
+    work = start_average(reducer, [_vec(1)])
+    assert reducer.log == []
+    work.wait()
+    assert reducer.log == ["launch", "wait"]
+    assert re.fullmatch(r"_Deferred", type(work).__name__)
