@@ -8,7 +8,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-ttt lint clean distclean
+.PHONY: setup demo test bench bench-ttt lint clean distclean reproduce $(PAPER_TARGETS)
+
+## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
+## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default cpu); FORCE=1 reruns finished runs;
+## ARGS passes more options to scripts/reproduce.py (e.g. ARGS="-o hydra/launcher=slurm_8x4").
+PAPER_TARGETS := table4 table5 table6 table7 table8 table9 table10 fig3 fig4 fig5 fig6 fig7 fig8
+SCALE ?= cpu
+FORCE ?=
 
 setup: $(STAMP)
 
@@ -34,6 +41,13 @@ bench: $(STAMP)
 ## bench-ttt: time to target (paper Fig. 5 style), MNIST autoencoder, 3 seeds, ~4 min on CPU
 bench-ttt: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/bench.py time-to-target --out results/bench
+
+$(PAPER_TARGETS): $(STAMP)
+	PYTHONPATH=. $(PY) scripts/reproduce.py $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
+
+## reproduce: every table and figure at $(SCALE)
+reproduce: $(STAMP)
+	PYTHONPATH=. $(PY) scripts/reproduce.py all --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -36,7 +37,7 @@ from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_
 from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
 from harness.pipeline import Data, build_data
-from harness.records import RunRecord
+from harness.records import RunRecord, finished_run
 from harness.schedules import build_schedule
 from harness.wandb_logger import WandbLogger
 from models.registry import build_model
@@ -240,6 +241,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     workers = setup_workers(cfg.trainer.device, cfg.trainer.dist_timeout_s)
     validate(cfg, workers.world_size)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.skip_completed and (done := finished_run(run_dir)) is not None:
+        if workers.is_main:
+            print(f"skip: {run_dir} already finished ({done['status']})", flush=True)
+        return done["summary"]
     run = build_run(cfg, workers)
     ckpt_path = run_dir / "checkpoint.pt"
     resumed = bool(cfg.resume) and ckpt_path.exists()
@@ -328,6 +333,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except Diverged as err:
         print(f"error: {err}; stopped (an earlier checkpoint, if any, is kept)", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # the record says "failed"; the sweep goes on with its next job
         sys.exit(1)
     finally:
         teardown_workers()

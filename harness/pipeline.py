@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data.loader import autoaugment_cifar10, chain, cutmix
 from data.registry import build_dataset
 from harness.distributed import Workers
 
-HARNESS_KEYS = ("name", "augment", "cutmix", "autoaugment")
+HARNESS_KEYS = ("name", "augment", "cutmix", "autoaugment", "train_subset", "test_subset")
 """Keys of the ``dataset`` group that the harness reads; the rest go to the dataset builder."""
 
 
@@ -25,11 +26,40 @@ class Data:
     num_classes: int | None
 
 
+def subset(split: tuple[torch.Tensor, torch.Tensor], size: int | None, key: str) -> tuple:
+    """The first ``size`` samples of a fixed random permutation of an in-memory split.
+
+    The permutation is seeded by the split's length only, so every run (whatever its own seed)
+    trains and evaluates on the same samples; autoencoder splits (targets *are* the inputs)
+    keep that identity.
+    """
+    inputs, targets = split
+    if size is None:
+        return split
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= len(inputs):
+        raise ValueError(f"dataset.{key} must be an integer in [1, {len(inputs)}], got {size!r}")
+    generator = torch.Generator().manual_seed(len(inputs))
+    index = torch.randperm(len(inputs), generator=generator)[:size].sort().values
+    picked = inputs[index]
+    return picked, picked if targets is inputs else targets[index]
+
+
 def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed: int) -> Data:
     """Load the dataset and build this worker's train/test loaders (global batch sizes)."""
     options: dict[str, Any] = OmegaConf.to_container(dataset, resolve=True)  # type: ignore[assignment]
     builder_options = {k: v for k, v in options.items() if k not in HARNESS_KEYS}
     splits = build_dataset(dataset.name, **builder_options)
+    sizes = {key: dataset.get(key) for key in ("train_subset", "test_subset")}
+    if any(size is not None for size in sizes.values()):
+        if not splits.in_memory:
+            raise ValueError(
+                f"dataset.train_subset/test_subset need in-memory data, not {dataset.name}"
+            )
+        splits = replace(
+            splits,
+            train=subset(splits.train, sizes["train_subset"], "train_subset"),  # type: ignore[arg-type]
+            test=subset(splits.test, sizes["test_subset"], "test_subset"),  # type: ignore[arg-type]
+        )
     transform = None
     if splits.num_classes is not None:
         transform = chain(

@@ -131,3 +131,18 @@ class RunRecord:
     def save(self) -> None:
         """Write ``record.json`` atomically."""
         atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+def finished_run(run_dir: Path | str) -> dict[str, Any] | None:
+    """``{"status", "summary"}`` of a run that completed or diverged in ``run_dir``, else None.
+
+    A diverged run is finished (running it again would diverge again); a run that stopped for any
+    other reason (killed, crashed, still running) is not, and ``resume=true`` continues it.
+    """
+    record = RunRecord(run_dir)
+    status = record.data.get("status")
+    if status == "completed":
+        return {"status": status, "summary": record.data.get("summary", {})}
+    if status == "failed" and str(record.data.get("error") or "").startswith("Diverged"):
+        return {"status": "diverged", "summary": {}}
+    return None

@@ -1,0 +1,642 @@
+"""What each paper table and figure runs, at each scale: Hydra sweeps and benchmark calls.
+
+A :class:`Target` (``table4`` ... ``fig8``) lists
+
+- :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
+  are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
+- :class:`BenchJob` objects: one ``scripts/bench.py`` call each (Tables 5, 8, 10);
+- ``not_run``: the rows or panels that this scale cannot produce, each with the reason.
+
+Scales (``SCALES``):
+
+- ``paper`` — the paper's settings (models, datasets, epochs, seeds, batch sizes); meant for a GPU
+  cluster (``--launcher slurm`` sends every sweep to Slurm through hydra-submitit-launcher).
+- ``cpu`` — what a 2-core CPU finishes in minutes per target on real data that can be had here:
+  ResNet-20 on a fixed 5,000-image subset of the CIFAR-10 JPEG copy (``cpu_cifar`` preset), the
+  paper's autoencoder on MNIST and Fashion-MNIST (``cpu_autoencoder``), benchmark tables from
+  the CPU benchmark. Datasets that are not here (CIFAR-100, ImageNet, FACES, CURVES) are
+  reported as not run.
+- ``smoke`` — seconds, synthetic data: proves every target runs and renders end to end.
+
+A run's identity is its set of overrides: its directory is Hydra's ``override_dirname`` (the
+sorted ``key=value`` overrides joined by commas) under ``<out_root>/<group of the preset>/``, so
+two targets that ask for the same run share it (Table 9's Eva is Table 4's Eva).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+SCALES = ("paper", "cpu", "smoke")
+TARGETS = (
+    "table4",
+    "table5",
+    "table6",
+    "table7",
+    "table8",
+    "table9",
+    "table10",
+    "fig3",
+    "fig4",
+    "fig5",
+    "fig6",
+    "fig7",
+    "fig8",
+)
+
+Value = str | int | float
+
+
+def fmt(value: Value) -> str:
+    """A value as it appears in an override (and so in the run's directory name)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One Hydra multirun: a preset, fixed hyper-parameters and the axes swept over."""
+
+    experiment: str
+    axes: dict[str, tuple[Value, ...]]
+    fixed: dict[str, Value] = field(default_factory=dict)
+
+    def runs(self) -> list[dict[str, str]]:
+        """Every run of the sweep as ``{override key: value}`` (fixed keys included)."""
+        keys = list(self.axes)
+        combos = itertools.product(*(self.axes[k] for k in keys))
+        fixed = {k: fmt(v) for k, v in self.fixed.items()}
+        return [fixed | {k: fmt(v) for k, v in zip(keys, combo, strict=True)} for combo in combos]
+
+    def overrides(self) -> list[str]:
+        """The multirun command line: ``experiment=...``, fixed keys, ``key=v1,v2`` axes."""
+        fixed = [f"{k}={fmt(v)}" for k, v in self.fixed.items()]
+        axes = [f"{k}={','.join(fmt(v) for v in values)}" for k, values in self.axes.items()]
+        return [f"experiment={self.experiment}", *fixed, *axes]
+
+
+def run_dirname(run: dict[str, str]) -> str:
+    """Hydra's ``override_dirname`` of a run (see ``exclude_keys`` in :mod:`scripts.repro.run`)."""
+    return ",".join(sorted(f"{k}={v}" for k, v in run.items()))
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One ``scripts/bench.py`` call; ``name`` is its output stem under ``<out>/bench/``."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything one table or figure needs at one scale."""
+
+    name: str
+    scale: str
+    title: str
+    what_ran: str
+    sweeps: tuple[Sweep, ...] = ()
+    bench: tuple[BenchJob, ...] = ()
+    not_run: tuple[str, ...] = ()
+    settings: dict[str, object] = field(default_factory=dict)
+
+
+# Learning rates the paper tuned per optimizer but does not list: ours (CIFAR batch 512 / AE).
+CIFAR_LR = {"adagrad": 0.05, "adamw": 0.002}
+AUTOENCODER_LR = {"sgd": 0.005, "adagrad": 0.01, "shampoo": 0.001, "kfac": 0.005, "eva": 0.005}
+
+CPU_DATA = (
+    "ResNet-20 on a fixed random 5,000-image subset of the CIFAR-10 training set, evaluated on "
+    "2,000 test images; CIFAR-10 is the JPEG-lossy copy (quality 75), batch 128, lr 0.1 "
+    "(the paper's 0.4 at batch 512, scaled), otherwise the paper's CIFAR recipe"
+)
+PAPER_CIFAR = "the paper's CIFAR recipe (batch 512, lr 0.4, weight decay 5e-4, multi-step decay)"
+CPU_ONLY_MODEL = "VGG-19, ResNet-110 and WRN-28-10 are too slow for a 2-core CPU: ResNet-20 instead"
+NO_C100 = "CIFAR-100 is not available here"
+
+
+def _scaled(scale: str, paper: object, cpu: object, smoke: object) -> object:
+    return {"paper": paper, "cpu": cpu, "smoke": smoke}[scale]
+
+
+def _cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """(experiment, model, dataset) per row: the paper's, or the scale's stand-in."""
+    if scale == "paper":
+        return paper_rows
+    if scale == "cpu":
+        return [("cpu_cifar", "resnet20", "cifar10_images")]
+    return [("smoke_cifar", "resnet20", "synthetic")]
+
+
+def _seeds(scale: str) -> tuple[int, ...]:
+    return (0, 1) if scale == "smoke" else (0, 1, 2)
+
+
+def _budget(scale: str) -> int:
+    """The epochs standing in for the paper's 100 (Tables 7/9, Figs. 3/7/8)."""
+    return int(_scaled(scale, 100, 4, 1))  # type: ignore[call-overload]
+
+
+def _long(scale: str) -> int:
+    """The epochs standing in for the paper's 200 (Figs. 5/6: the longest Table 4 budget)."""
+    return int(_scaled(scale, 200, 8, 2))  # type: ignore[call-overload]
+
+
+def _lr_fixed(scale: str, optimizer: str) -> dict[str, Value]:
+    """Per-optimizer lr for the optimizers whose lr is not the SGD recipe's."""
+    if optimizer not in CIFAR_LR:
+        return {}  # Shampoo (grafted) and M-FAC (KL-clipped) take the SGD recipe's lr
+    lr = CIFAR_LR[optimizer]
+    return {"optimizer.lr": lr if scale == "paper" else lr / 4}  # batch 128 instead of 512
+
+
+def table4(scale: str) -> Target:
+    rows = _cifar_rows(
+        scale,
+        [
+            ("cifar", "vgg19", "cifar10"),
+            ("cifar", "vgg19", "cifar100"),
+            ("cifar", "resnet110", "cifar10"),
+            ("cifar", "resnet110", "cifar100"),
+            ("cifar_tricks", "wrn28_10", "cifar10"),
+            ("cifar_tricks", "wrn28_10", "cifar100"),
+        ],
+    )
+    epochs = _scaled(scale, (50, 100, 200), (2, 4, 8), (1, 2))
+    sweeps = tuple(
+        Sweep(
+            exp,
+            {"optimizer": ("sgd", "kfac", "eva"), "trainer.epochs": epochs, "seed": _seeds(scale)},
+            {"model": model, "dataset": data},
+        )
+        for exp, model, data in rows
+    )
+    cpu_what = f"{CPU_DATA}; epoch budgets 2/4/8 stand for 50/100/200; 3 seeds"
+    return Target(
+        "table4",
+        scale,
+        "Validation accuracy (%) of SGD, K-FAC and Eva trained from scratch, per epoch budget",
+        _scaled(scale, f"{PAPER_CIFAR}; 3 seeds", cpu_what, "smoke: synthetic data"),  # type: ignore[arg-type]
+        sweeps,
+        not_run=() if scale == "paper" else (CPU_ONLY_MODEL, NO_C100),
+        settings={"epochs": epochs},
+    )
+
+
+def table7(scale: str) -> Target:
+    rows = _cifar_rows(
+        scale,
+        [
+            ("cifar", "vgg19", "cifar10"),
+            ("cifar", "resnet110", "cifar10"),
+            ("cifar_tricks", "wrn28_10", "cifar10"),
+        ],
+    )
+    sweeps = []
+    for exp, model, data in rows:
+        for opt in ("adagrad", "adamw", "shampoo", "mfac", "eva"):
+            # Table 7: M-FAC on WRN-28-10 without CutMix/AutoAugment (they made it diverge).
+            preset = "cifar" if (opt == "mfac" and exp == "cifar_tricks") else exp
+            fixed = {
+                "model": model,
+                "dataset": data,
+                "optimizer": opt,
+                "trainer.epochs": _budget(scale),
+            }
+            sweeps.append(Sweep(preset, {"seed": _seeds(scale)}, fixed | _lr_fixed(scale, opt)))
+    return Target(
+        "table7",
+        scale,
+        "Validation accuracy (%) of Eva and four more optimizers, the paper's 100-epoch budget",
+        _scaled(
+            scale,
+            f"{PAPER_CIFAR}, 100 epochs, 3 seeds; learning rates per optimizer are ours "
+            f"(the paper tuned them but does not list them): {CIFAR_LR}",
+            f"{CPU_DATA}; 4 epochs stand for 100; 3 seeds; Adagrad lr 0.0125, AdamW lr 5e-4 "
+            "(ours, untuned), Shampoo (grafted) and M-FAC (KL-clipped) at the SGD lr",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        tuple(sweeps),
+        not_run=() if scale == "paper" else (CPU_ONLY_MODEL,),
+    )
+
+
+def table9(scale: str) -> Target:
+    rows = _cifar_rows(
+        scale,
+        [
+            ("cifar", "resnet110", "cifar10"),
+            ("cifar_tricks", "wrn28_10", "cifar10"),
+            ("cifar", "vgg19", "cifar100"),
+        ],
+    )
+    sweeps = tuple(
+        Sweep(
+            exp,
+            {
+                "optimizer": ("eva", "eva_no_momentum", "eva_no_klclip", "eva_no_kv"),
+                "seed": _seeds(scale),
+            },
+            {"model": model, "dataset": data, "trainer.epochs": _budget(scale)},
+        )
+        for exp, model, data in rows
+    )
+    return Target(
+        "table9",
+        scale,
+        "Ablation: Eva without momentum, without KL clipping, without Kronecker vectors",
+        _scaled(
+            scale,
+            f"{PAPER_CIFAR}, 100 epochs, 3 seeds",
+            f"{CPU_DATA}; 4 epochs stand for 100; 3 seeds",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        sweeps,
+        not_run=() if scale == "paper" else (CPU_ONLY_MODEL, NO_C100),
+    )
+
+
+def table6(scale: str) -> Target:
+    if scale == "cpu":
+        return Target(
+            "table6",
+            scale,
+            "Fine-tuning pretrained EfficientNet-b0 and ViT-B/16 for 20 epochs",
+            "not run at this scale",
+            not_run=(
+                "fine-tuning needs pretrained EfficientNet-b0/ViT-B/16 weights (a local file: "
+                "model.kwargs.pretrained=...), which cannot be had here, and ImageNet-size "
+                "models are beyond a 2-core CPU",
+            ),
+        )
+    if scale == "smoke":
+        rows = [("smoke_cifar", "resnet20", "synthetic")]
+        fixed_extra: dict[str, Value] = {}
+    else:
+        rows = [
+            ("finetune", m, d)
+            for m in ("efficientnet_b0", "vit_b16")
+            for d in ("cifar10", "cifar100")
+        ]
+        fixed_extra = {}
+    sweeps = tuple(
+        Sweep(
+            exp,
+            {"optimizer": ("sgd", "kfac", "eva"), "seed": _seeds(scale)},
+            {"model": model, "dataset": data, "trainer.epochs": _scaled(scale, 20, 20, 1)}
+            | fixed_extra,  # type: ignore[operator]
+        )
+        for exp, model, data in rows
+    )
+    return Target(
+        "table6",
+        scale,
+        "Fine-tuning pretrained EfficientNet-b0 and ViT-B/16 for 20 epochs",
+        _scaled(
+            scale,
+            "finetune preset, 20 epochs, 3 seeds; pretrained weights from the file named by "
+            "+model.kwargs.pretrained (pass it with --override)",
+            "",
+            "smoke: synthetic data, random weights",
+        ),  # type: ignore[arg-type]
+        sweeps,
+    )
+
+
+def fig3(scale: str) -> Target:
+    exp, model, data = _cifar_rows(scale, [("cifar", "vgg19", "cifar10")])[0]
+    sweep = Sweep(
+        exp,
+        {"optimizer": ("foof", "foof_rank1")},
+        {"model": model, "dataset": data, "trainer.epochs": _budget(scale), "seed": 0},
+    )
+    return Target(
+        "fig3",
+        scale,
+        "FOOF vs FOOF rank-1: training loss and validation accuracy per epoch",
+        _scaled(
+            scale,
+            f"VGG-19 on CIFAR-10, {PAPER_CIFAR}, 100 epochs",
+            f"{CPU_DATA}; 4 epochs; seed 0",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        (sweep,),
+        not_run=() if scale == "paper" else ("VGG-19: ResNet-20 instead",),
+    )
+
+
+def fig4(scale: str) -> Target:
+    datasets = _scaled(
+        scale, ("mnist", "fmnist", "faces", "curves"), ("mnist", "fmnist"), ("synthetic",)
+    )
+    exp = _scaled(scale, "autoencoder", "cpu_autoencoder", "smoke_autoencoder")
+    sweeps = []
+    for data in datasets:  # type: ignore[attr-defined]
+        fixed: dict[str, Value] = {"dataset": data, "seed": 0}
+        if data == "faces":
+            fixed["model"] = "autoencoder_faces"
+        for opt, lr in AUTOENCODER_LR.items():
+            sweeps.append(Sweep(exp, {"optimizer": (opt,)}, fixed | {"optimizer.lr": lr}))  # type: ignore[arg-type]
+    return Target(
+        "fig4",
+        scale,
+        "8-layer autoencoder: training and test loss per epoch",
+        _scaled(
+            scale,
+            "the paper's autoencoder recipe (batch 1000, 100 epochs, linear decay); learning "
+            f"rates per optimizer are ours: {AUTOENCODER_LR}",
+            "the paper's autoencoder and batch 1000 on the full MNIST and Fashion-MNIST splits, "
+            f"10 epochs with linear decay, seed 0; learning rates (ours, lightly tuned on "
+            f"MNIST by the benchmark): {AUTOENCODER_LR}",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        tuple(sweeps),
+        not_run=() if scale == "paper" else ("FACES and CURVES are not available here",),
+    )
+
+
+def _time_rows(scale: str) -> list[tuple[str, str, str]]:
+    return _cifar_rows(
+        scale,
+        [
+            ("cifar", "vgg19", "cifar10"),
+            ("cifar", "resnet110", "cifar10"),
+            ("cifar_tricks", "wrn28_10", "cifar10"),
+        ],
+    )
+
+
+def fig5(scale: str) -> Target:
+    sweeps = tuple(
+        Sweep(
+            exp,
+            {"optimizer": ("sgd", "kfac", "shampoo", "eva")},
+            {"model": model, "dataset": data, "trainer.epochs": _long(scale), "seed": 0},
+        )
+        for exp, model, data in _time_rows(scale)
+    )
+    return Target(
+        "fig5",
+        scale,
+        "Wall-clock time to target accuracy (target: SGD's final accuracy)",
+        _scaled(
+            scale,
+            f"{PAPER_CIFAR}, 200 epochs, seed 0, one GPU per run",
+            f"{CPU_DATA}; 8 epochs; seed 0; runs one after another on the same 2-core CPU",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        sweeps,
+        not_run=(
+            "ImageNet (panel d): run `train.py experiment=imagenet` on 32 GPUs (per-optimizer "
+            "batch sizes and intervals, see conf/experiment/imagenet.yaml)",
+        )
+        if scale == "paper"
+        else ("ImageNet (panel d) is not available here", CPU_ONLY_MODEL),
+    )
+
+
+def fig6(scale: str) -> Target:
+    sweeps: list[Sweep] = []
+    for exp, model, data in _time_rows(scale)[:2]:
+        fixed: dict[str, Value] = {
+            "model": model,
+            "dataset": data,
+            "trainer.epochs": _long(scale),
+            "seed": 0,
+        }
+        # K-FAC's preset interval (10) and Eva are Table 4's / Fig. 5's runs.
+        sweeps.append(Sweep(exp, {"optimizer": ("kfac", "eva")}, fixed))
+        sweeps.append(
+            Sweep(exp, {"optimizer.update_interval": (1, 50)}, fixed | {"optimizer": "kfac"})
+        )
+    return Target(
+        "fig6",
+        scale,
+        "K-FAC with update intervals 1, 10 and 50 vs Eva: accuracy over wall-clock time",
+        _scaled(
+            scale,
+            f"VGG-19 and ResNet-110 on CIFAR-10, {PAPER_CIFAR}, 200 epochs, seed 0",
+            f"{CPU_DATA}; 8 epochs; seed 0; runs one after another on the same 2-core CPU",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        tuple(sweeps),
+        not_run=() if scale == "paper" else (CPU_ONLY_MODEL,),
+    )
+
+
+def fig7(scale: str) -> Target:
+    exp, model, data = _cifar_rows(scale, [("cifar", "resnet110", "cifar10")])[0]
+    base: dict[str, Value] = {
+        "model": model,
+        "dataset": data,
+        "trainer.epochs": _budget(scale),
+        "seed": 0,
+    }
+    lr0 = float(_scaled(scale, 0.4, 0.1, 0.1))  # type: ignore[arg-type]
+    batch0 = int(_scaled(scale, 512, 128, 16))  # type: ignore[call-overload]
+    three = ("sgd", "kfac", "eva")
+    # Each axis leaves out the preset's value: that point is the base sweep's run.
+    lrs = (lr0 / 2, lr0 * 2) if scale != "paper" else (0.1, 0.2, 0.8, 1.6)
+    batches = (batch0 * 2, batch0 * 4) if scale != "paper" else (128, 256, 1024, 2048)
+    sweeps = [
+        Sweep(exp, {"optimizer": three, "optimizer.lr": lrs}, base),
+        *(
+            Sweep(
+                exp,
+                {"optimizer": three},
+                base | {"trainer.batch_size": b, "optimizer.lr": lr0 * b / batch0},
+            )
+            for b in batches
+        ),
+        Sweep(
+            exp,
+            {
+                "optimizer": ("kfac", "eva"),
+                "optimizer.damping": (0.003, 0.3)
+                if scale != "paper"
+                else (0.001, 0.003, 0.01, 0.1, 0.3),
+            },
+            base,
+        ),
+        Sweep(
+            exp,
+            {
+                "optimizer": ("kfac", "eva"),
+                "optimizer.running_avg": (0.5, 0.99) if scale != "paper" else (0.5, 0.9, 0.99),
+            },
+            base,
+        ),
+        Sweep(exp, {"optimizer": three}, base),  # the default point of every panel
+    ]
+    return Target(
+        "fig7",
+        scale,
+        "Hyper-parameter study: learning rate, batch size, damping, running average",
+        _scaled(
+            scale,
+            f"ResNet-110 on CIFAR-10, {PAPER_CIFAR}, 100 epochs, seed 0; batch sizes with the "
+            "learning rate scaled linearly (0.4 at 512); grid values are ours",
+            f"{CPU_DATA}; 4 epochs; seed 0; batch sizes 256/512 with the lr scaled linearly",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        tuple(sweeps),
+        not_run=() if scale == "paper" else ("ResNet-110: ResNet-20 instead",),
+        settings={"lr": lr0, "batch": batch0},
+    )
+
+
+def fig8(scale: str) -> Target:
+    rows = {
+        "paper": [("cifar_cosine", "resnet110", "cifar10"), ("cifar_cosine", "vgg19", "cifar100")],
+        "cpu": [("cpu_cifar_cosine", "resnet20", "cifar10_images")],
+        "smoke": [("smoke_cifar_cosine", "resnet20", "synthetic")],
+    }[scale]
+    sweeps = tuple(
+        Sweep(
+            exp,
+            {"optimizer": ("foof", "eva_f", "shampoo", "eva_s")},
+            {"model": model, "dataset": data, "trainer.epochs": _budget(scale), "seed": 0},
+        )
+        for exp, model, data in rows
+    )
+    return Target(
+        "fig8",
+        scale,
+        "Eva-f vs FOOF and Eva-s vs Shampoo: training loss and validation accuracy per epoch",
+        _scaled(
+            scale,
+            "ResNet-110 on CIFAR-10 and VGG-19 on CIFAR-100, cosine schedule, 100 epochs, seed 0",
+            f"{CPU_DATA}; cosine schedule; 4 epochs; seed 0",
+            "smoke: synthetic data",
+        ),  # type: ignore[arg-type]
+        sweeps,
+        not_run=() if scale == "paper" else ("ResNet-110: ResNet-20 instead", NO_C100),
+    )
+
+
+def _bench_common(scale: str) -> tuple[str, ...]:
+    if scale == "smoke":
+        return ("--quick", "--profile-models", "")
+    if scale == "cpu":
+        return ("--profile-models", "", "--steps", "6", "--warmup", "1", "--peak-memory", "none")
+    return ("--profile-models", "")
+
+
+def table5(scale: str, name: str = "table5") -> Target:
+    optimizers = "sgd,kfac@1,kfac@10,shampoo@1,shampoo@10,eva,eva_f,eva_s"
+    imagenet_optimizers = "sgd,kfac@1,kfac@50,shampoo@1,shampoo@50,eva,eva_f,eva_s"
+    if scale == "paper":
+        jobs = (
+            BenchJob(
+                "steptime-table5-cifar",
+                ("--models", "resnet110,vgg19,wrn28_10", "--optimizers", optimizers),
+            ),
+            BenchJob(
+                "steptime-table5-imagenet",
+                ("--models", "resnet50,inception_v4,vit_b16", "--optimizers", imagenet_optimizers),
+            ),
+        )
+        not_run: tuple[str, ...] = ()
+    elif scale == "cpu":
+        jobs = (
+            BenchJob(
+                "steptime-cpu",
+                ("--models", "resnet110,vgg19", "--optimizers", optimizers, "--batch", "128"),
+            ),
+        )
+        not_run = (
+            "WRN-28-10, ResNet-50, Inception-v4 and ViT-B/16 were not timed on the 2-core CPU "
+            "(one step takes tens of seconds)",
+        )
+    else:
+        jobs = (BenchJob("steptime-smoke", ("--optimizers", optimizers, *_bench_common(scale))),)
+        not_run = ()
+    what = {
+        "paper": "the benchmark on the GPU it runs on, CIFAR batch 128, ImageNet batch 32",
+        "cpu": "the benchmark (`make bench`) on this 2-core CPU, CIFAR-shaped input, batch 128",
+        "smoke": "smoke: the benchmark's --quick setting",
+    }[scale]
+    title = (
+        "Step time and peak memory relative to SGD (Shampoo, K-FAC, Eva)"
+        if name == "table5"
+        else "Step time and peak memory of Eva-f and Eva-s relative to SGD"
+    )
+    return Target(name, scale, title, what, bench=jobs, not_run=not_run)
+
+
+def table10(scale: str) -> Target:
+    return table5(scale, "table10")
+
+
+def table8(scale: str) -> Target:
+    small, large = _scaled(scale, ("64", "96"), ("4", "6"), ("2", "3"))  # type: ignore[misc]
+    common = _bench_common(scale)
+    model = "resnet20" if scale == "smoke" else "resnet50"
+    batch_flag = "--batch" if scale == "smoke" else "--imagenet-batch"
+    jobs = (
+        BenchJob(
+            f"throughput-{scale}-large",
+            ("--models", model, "--optimizers", "sgd,eva", batch_flag, large, *common),
+        ),
+        BenchJob(
+            f"throughput-{scale}-small",
+            (
+                "--models",
+                model,
+                "--optimizers",
+                "sgd,kfac@50,shampoo@50",
+                batch_flag,
+                small,
+                *common,
+            ),
+        ),
+    )
+    what = {
+        "paper": "the benchmark on one GPU (the paper measured 32 GPUs), per-GPU batch 96 "
+        "(SGD, Eva) and 64 (K-FAC@50, Shampoo@50)",
+        "cpu": "the benchmark on this 2-core CPU with ImageNet-shaped random input (step time "
+        "does not depend on the pixels; no data loading), per-process batch 6 (SGD, Eva) and "
+        "4 (K-FAC@50, Shampoo@50), the paper's 96:64 ratio",
+        "smoke": "smoke: ResNet-20 on 16×16 random input",
+    }[scale]
+    return Target(
+        "table8",
+        scale,
+        "ResNet-50 training throughput (samples/s) at the paper's batch-size ratio",
+        what,
+        bench=jobs,
+        not_run=() if scale != "cpu" else ("32-GPU throughput: one CPU process here",),
+        settings={"batch": {"sgd": large, "eva": large, "kfac@50": small, "shampoo@50": small}},
+    )
+
+
+BUILDERS = {
+    "table4": table4,
+    "table5": table5,
+    "table6": table6,
+    "table7": table7,
+    "table8": table8,
+    "table9": table9,
+    "table10": table10,
+    "fig3": fig3,
+    "fig4": fig4,
+    "fig5": fig5,
+    "fig6": fig6,
+    "fig7": fig7,
+    "fig8": fig8,
+}
+
+
+def target(name: str, scale: str) -> Target:
+    """The :class:`Target` called ``name`` at ``scale``.
+
+    Raises:
+        ValueError: an unknown target or scale (the message lists the valid ones).
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    built = BUILDERS[name](scale)
+    return built

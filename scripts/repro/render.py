@@ -1,0 +1,94 @@
+"""Write a target's outputs from its records: ``<name>.md`` (+ ``.tex`` for tables, ``.png`` and
+``.pdf`` for figures) under ``<results>/<scale>/``.
+
+The Markdown states what ran, at what scale, on what data, the command that regenerates it, how
+many of the grid's runs finished, what could not run here, the numbers (ours beside the paper's)
+and what ordering they show. Files are written atomically: a reader never sees half a table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.records import atomic_write_text
+from scripts.repro import figures, tables
+from scripts.repro.grids import Target
+from scripts.repro.records import Run, load_runs
+from scripts.repro.run import Layout
+
+TITLES = {
+    "table4": "Table 4",
+    "table5": "Table 5",
+    "table6": "Table 6",
+    "table7": "Table 7",
+    "table8": "Table 8",
+    "table9": "Table 9",
+    "table10": "Table 10",
+    "fig3": "Figure 3",
+    "fig4": "Figure 4",
+    "fig5": "Figure 5",
+    "fig6": "Figure 6",
+    "fig7": "Figure 7",
+    "fig8": "Figure 8",
+}
+
+
+def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
+    if not target.sweeps:
+        done = sum((layout.bench / f"{job.name}.json").exists() for job in target.bench)
+        return f"Benchmark records: {done} of {len(target.bench)} present under `{layout.bench}`."
+    finished = sum(r.status == "completed" for r in runs)
+    diverged = sum(r.status == "diverged" for r in runs)
+    line = f"Runs: {finished} of {len(runs)} completed"
+    if diverged:
+        line += f", {diverged} diverged"
+    return line + f"; records under `{layout.runs}/`."
+
+
+def header(target: Target, runs: list[Run], layout: Layout, notes: list[str]) -> str:
+    """The Markdown preamble: title, scale, what ran, command, completeness, what did not run."""
+    lines = [
+        f"# {TITLES[target.name]} — {target.title} (SCALE={target.scale})",
+        "",
+        f"**What ran:** {target.what_ran}.",
+        "",
+        f"**Command:** `make {target.name} SCALE={target.scale}` "
+        f"(= `python scripts/reproduce.py {target.name} --scale {target.scale}`).",
+        "",
+        _status_line(target, runs, layout),
+    ]
+    missing = [*target.not_run, *notes]
+    if missing:
+        lines += ["", "**Not run at this scale:**", *(f"- {m}" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+def render(target: Target, layout: Layout, notes: list[str] | None = None) -> list[Path]:
+    """Render one target from whatever records exist; returns the files written."""
+    notes = notes or []
+    runs = load_runs(target, layout)
+    out = layout.renders
+    out.mkdir(parents=True, exist_ok=True)
+    text = header(target, runs, layout, notes)
+    written: list[Path] = []
+    if target.name.startswith("table"):
+        table = tables.build(target, runs, layout)
+        text += "\n" + (tables.markdown(table) if table.rows else "_No records yet._\n")
+        findings = table.findings
+        caption = f"{target.title} (SCALE={target.scale}): {target.what_ran}."
+        tex = out / f"{target.name}.tex"
+        atomic_write_text(tex, tables.latex(table, caption, target.name))
+        written.append(tex)
+    else:
+        paths, findings = figures.draw(target, runs, out)
+        written += paths
+        text += f"\n![{TITLES[target.name]}]({target.name}.png)\n"
+    if findings:
+        text += "\n**What the numbers show:**\n" + "".join(f"- {f}\n" for f in findings)
+    text += (
+        "\nThe paper's numbers come from `scripts/repro/paper_numbers.csv` (transcribed from "
+        "the paper's tables and text).\n"
+    )
+    md = out / f"{target.name}.md"
+    atomic_write_text(md, text)
+    return [md, *written]

@@ -1,0 +1,181 @@
+"""Run what a target needs that has no finished record yet: Hydra multiruns and benchmark calls.
+
+Runs land in ``<results>/runs/<scale>/<group>/<override_dirname>/`` (``record.json``,
+``metrics.jsonl``, a checkpoint). A run is *finished* when its record says ``completed`` or it
+diverged (``harness.records.finished_run``); a sweep with every run finished is not launched
+again, and a launched sweep skips its finished runs (``skip_completed=true``) and resumes killed
+ones from their checkpoints (``resume=true``). ``force`` reruns everything from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.records import finished_run
+from scripts.repro.grids import Sweep, Target, run_dirname
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXCLUDE_KEYS = (
+    "experiment",
+    "out_root",
+    "skip_completed",
+    "resume",
+    "trainer.progress",
+    "trainer.device",
+    "logger.wandb",
+    "logger.mode",
+    "dataset.root",
+    "dataset.tarball",
+    "hydra/launcher",
+)
+"""Overrides that say where or how a run executes, not what it is: left out of its directory."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a scale's runs, benchmark records and renders live under the results folder."""
+
+    results: Path
+    scale: str
+
+    @property
+    def runs(self) -> Path:
+        return self.results / "runs" / self.scale
+
+    @property
+    def bench(self) -> Path:
+        return self.results / "bench" if self.scale != "smoke" else self.results / "smoke" / "bench"
+
+    @property
+    def renders(self) -> Path:
+        return self.results / self.scale
+
+    def run_dir(self, sweep: Sweep, run: dict[str, str]) -> Path:
+        # Every experiment preset's ``group`` is its own name (tests/test_repro.py checks it).
+        return self.runs / sweep.experiment / run_dirname(run)
+
+
+def cifar10_images_overrides() -> list[str] | None:
+    """Where the CIFAR-10 JPEG copy comes from: ``[]`` if unpacked already, the tarball's
+    override if one is found, None if neither (then CIFAR-10 runs cannot run here).
+
+    Looks at ``$EVA_DATA/cifar10-images`` (or ``~/datasets/cifar10-images``), then at
+    ``$EVA_CIFAR10_TARBALL`` and ``../shared/data/cifar10-images.tar.gz`` next to the repository.
+    """
+    from data.registry import default_root
+
+    if (default_root() / "cifar10-images").is_dir():
+        return []
+    candidates = [
+        os.environ.get("EVA_CIFAR10_TARBALL"),
+        ROOT.parent / "shared/data/cifar10-images.tar.gz",
+    ]
+    for path in candidates:
+        if path and Path(path).is_file():
+            return [f"dataset.tarball={Path(path).resolve()}"]
+    return None
+
+
+def data_overrides(sweep: Sweep) -> list[str] | None:
+    """Environment overrides a sweep's data need (None: the data are not available here)."""
+    if sweep.fixed.get("dataset") == "cifar10_images":
+        return cifar10_images_overrides()
+    return []
+
+
+def sweep_command(
+    sweep: Sweep,
+    layout: Layout,
+    extra: Sequence[str] = (),
+    force: bool = False,
+    nproc: int = 1,
+) -> list[str]:
+    """The ``train.py -m`` command line of a sweep."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    return [
+        *launcher,
+        str(ROOT / "train.py"),
+        "-m",
+        *sweep.overrides(),
+        f"out_root={layout.runs}",
+        f"skip_completed={str(not force).lower()}",
+        f"resume={str(not force).lower()}",
+        "trainer.progress=false",
+        "hydra.sweep.subdir=${hydra:job.override_dirname}",
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE_KEYS)}]",
+        *(data_overrides(sweep) or []),
+        *extra,
+    ]
+
+
+def pending(target: Target, layout: Layout, force: bool = False) -> list[Sweep]:
+    """The target's sweeps with at least one run not finished (all of them with ``force``)."""
+    return [
+        s
+        for s in target.sweeps
+        if force or any(finished_run(layout.run_dir(s, r)) is None for r in s.runs())
+    ]
+
+
+def bench_command(job_name: str, args: Sequence[str], layout: Layout) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "scripts/bench.py"),
+        *args,
+        "--out",
+        str(layout.bench),
+        "--name",
+        job_name,
+    ]
+
+
+def run_target(
+    target: Target,
+    layout: Layout,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    extra: Sequence[str] = (),
+    nproc: int = 1,
+) -> list[str]:
+    """Launch the target's unfinished sweeps and benchmark calls; returns lines for the log.
+
+    Raises:
+        RuntimeError: a sweep or benchmark exited non-zero (its output has been shown).
+    """
+    notes: list[str] = []
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env.setdefault("WANDB_MODE", "offline")
+    commands: list[list[str]] = []
+    for sweep in pending(target, layout, force):
+        if data_overrides(sweep) is None:
+            notes.append(
+                f"not run: {sweep.experiment} sweep — CIFAR-10 images not found (unpack "
+                "cifar10-images.tar.gz into $EVA_DATA/cifar10-images or set EVA_CIFAR10_TARBALL)"
+            )
+            continue
+        commands.append(sweep_command(sweep, layout, extra, force, nproc))
+    for job in target.bench:
+        if force or not (layout.bench / f"{job.name}.json").exists():
+            commands.append(bench_command(job.name, job.args, layout))
+    for command in commands:
+        line = shlex.join(command[1:] if command[0] == sys.executable else command)
+        print(f"$ python {line}" if command[0] == sys.executable else f"$ {line}", flush=True)
+        if dry_run:
+            continue
+        proc = subprocess.run(command, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{target.name}: a command exited with status {proc.returncode}")
+    return notes

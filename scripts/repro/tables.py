@@ -1,0 +1,412 @@
+"""Tables 4-10 from run and benchmark records, our numbers beside the paper's.
+
+Each builder returns a :class:`Table` (header, rows, findings); :mod:`scripts.repro.render`
+writes it as Markdown and LaTeX with the target's caption. Accuracies are test accuracy (%) at the
+end of training, mean ± sample std over seeds. At a reduced scale the paper's column shows the
+row the scale stands in for (e.g. ResNet-20 at 4 epochs beside the paper's ResNet-110 at 100).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from scripts.repro.grids import Target
+from scripts.repro.records import Run, cell, paper_numbers, paper_value, select
+from scripts.repro.run import Layout
+
+NAMES = {
+    "sgd": "SGD",
+    "kfac": "K-FAC",
+    "eva": "Eva",
+    "adagrad": "Adagrad",
+    "adamw": "AdamW",
+    "shampoo": "Shampoo",
+    "mfac": "M-FAC",
+    "foof": "FOOF",
+    "foof_rank1": "FOOF (rank-1)",
+    "eva_f": "Eva-f",
+    "eva_s": "Eva-s",
+    "eva_no_momentum": "w/o m.",
+    "eva_no_klclip": "w/o KL clip",
+    "eva_no_kv": "w/o KVs",
+    "vgg19": "VGG-19",
+    "resnet110": "ResNet-110",
+    "resnet20": "ResNet-20",
+    "wrn28_10": "WRN-28-10†",
+    "resnet50": "ResNet-50",
+    "inception_v4": "Inception-v4",
+    "vit_b16": "ViT-B/16",
+    "efficientnet_b0": "EffNet-b0",
+    "cifar10": "CIFAR-10",
+    "cifar10_images": "CIFAR-10 (JPEG)",
+    "cifar100": "CIFAR-100",
+    "synthetic": "synthetic",
+    "mnist": "MNIST",
+    "fmnist": "Fashion-MNIST",
+    "faces": "FACES",
+    "curves": "CURVES",
+}
+
+STAND_IN_MODEL = {"resnet20": "resnet110"}
+"""At a reduced scale, the paper's model whose numbers are shown beside ours."""
+STAND_IN_DATA = {"cifar10_images": "cifar10", "synthetic": "cifar10"}
+
+
+def name(key: str) -> str:
+    return NAMES.get(key, key)
+
+
+@dataclass
+class Table:
+    """A rendered table: header, rows of cells, and sentences stating what the numbers show."""
+
+    header: list[str]
+    rows: list[list[str]]
+    findings: list[str] = field(default_factory=list)
+
+
+def _paper(artifact: str, **where: Any) -> str:
+    found = paper_value(artifact, **{k: str(v) for k, v in where.items()})
+    if found is None:
+        return "—"
+    value, std = found
+    return f"{value:g}" + (f" ± {std:g}" if std is not None else "")
+
+
+def _stand_in_note(runs: list[Run]) -> list[str]:
+    """Which of the paper's rows the paper columns show when ours is a stand-in."""
+    notes = []
+    for model, data in _rows_of(runs):
+        pm, pd = STAND_IN_MODEL.get(model, model), STAND_IN_DATA.get(data, data)
+        if (pm, pd) != (model, data):
+            notes.append(
+                f"Paper columns beside {name(model)} on {name(data)}: the paper's {name(pm)} on "
+                f"{name(pd)}, the row this scale stands in for (not the same experiment)."
+            )
+    return notes
+
+
+def _budget_map(target: Target) -> dict[str, str]:
+    """Our epoch budget → the paper's it stands for (Table 4)."""
+    ours = [str(e) for e in target.settings.get("epochs", ())]  # type: ignore[union-attr]
+    return dict(zip(ours, ("50", "100", "200"), strict=False))
+
+
+def _rows_of(runs: list[Run]) -> list[tuple[str, str]]:
+    """Distinct (model, dataset) pairs in grid order."""
+    seen: dict[tuple[str, str], None] = {}
+    for r in runs:
+        seen[(str(r.get("model.name")), str(r.get("dataset.name")))] = None
+    return list(seen)
+
+
+def table4(target: Target, runs: list[Run], layout: Layout) -> Table:
+    opts = ("sgd", "kfac", "eva")
+    budgets = _budget_map(target)
+    header = ["Model", "Data", "Epochs", *(name(o) for o in opts)]
+    header += [f"paper {name(o)}" for o in opts] + ["Eva − SGD", "Eva − K-FAC"]
+    rows, wins, close, total = [], 0, 0, 0
+    for model, data in _rows_of(runs):
+        for epochs, paper_epochs in budgets.items():
+            cells = {
+                o: cell(
+                    select(
+                        runs,
+                        model__name=model,
+                        dataset__name=data,
+                        optimizer__name=o,
+                        trainer__epochs=epochs,
+                    )
+                )
+                for o in opts
+            }
+            pm, pd = STAND_IN_MODEL.get(model, model), STAND_IN_DATA.get(data, data)
+            paper = [
+                _paper("table4", model=pm, dataset=pd, setting=paper_epochs, column=o) for o in opts
+            ]
+            m = {o: cells[o].mean for o in opts}
+            gap = gap_k = "—"
+            if m["eva"] is not None and m["sgd"] is not None and m["kfac"] is not None:
+                total += 1
+                wins += m["eva"] > m["sgd"]
+                close += abs(m["eva"] - m["kfac"]) <= 1.0
+                gap, gap_k = f"{m['eva'] - m['sgd']:+.2f}", f"{m['eva'] - m['kfac']:+.2f}"
+            label = f"{epochs}" + (f" (≙ {paper_epochs})" if epochs != paper_epochs else "")
+            rows.append(
+                [
+                    name(model),
+                    name(data),
+                    label,
+                    *(cells[o].text() for o in opts),
+                    *paper,
+                    gap,
+                    gap_k,
+                ]
+            )
+    findings = _stand_in_note(runs)
+    if total:
+        findings.append(
+            f"Eva > SGD in {wins} of {total} settings; |Eva − K-FAC| ≤ 1 point in {close} of "
+            f"{total} (the paper: Eva ≈ K-FAC > SGD at every budget, the gap shrinking with "
+            "more epochs)."
+        )
+    return Table(header, rows, findings)
+
+
+def _seed_table(
+    target: Target,
+    runs: list[Run],
+    columns: tuple[str, ...],
+    artifact: str,
+    paper_columns: tuple[str, ...],
+) -> Table:
+    """Rows (model, data) × columns (optimizers), mean ± std over seeds, plus the paper's."""
+    header = [
+        "Model",
+        "Data",
+        *(name(c) for c in columns),
+        *(f"paper {name(c)}" for c in paper_columns),
+    ]
+    rows = []
+    for model, data in _rows_of(runs):
+        ours = [
+            cell(select(runs, model__name=model, dataset__name=data, optimizer__name=c)).text()
+            for c in columns
+        ]
+        pm, pd = STAND_IN_MODEL.get(model, model), STAND_IN_DATA.get(data, data)
+        setting = "20" if artifact == "table6" else "100"
+        paper = [
+            _paper(artifact, model=pm, dataset=pd, setting=setting, column=c) for c in paper_columns
+        ]
+        rows.append([name(model), name(data), *ours, *paper])
+    return Table(header, rows, _stand_in_note(runs))
+
+
+def _means(runs: list[Run], columns: tuple[str, ...]) -> dict[str, float | None]:
+    return {c: cell(select(runs, optimizer__name=c)).mean for c in columns}
+
+
+def table7(target: Target, runs: list[Run], layout: Layout) -> Table:
+    cols = ("adagrad", "adamw", "shampoo", "mfac", "eva")
+    table = _seed_table(target, runs, cols, "table7", cols[:4])
+    m = _means(runs, cols)
+    if all(v is not None for v in m.values()):
+        beats = [name(c) for c in cols[:4] if m["eva"] > m[c]]  # type: ignore[operator]
+        table.findings.append(
+            f"Eva beats {', '.join(beats) or 'none'} of Adagrad/AdamW/Shampoo/M-FAC here "
+            "(the paper: Eva ≈ Shampoo ≈ M-FAC, above Adagrad and AdamW)."
+        )
+    return table
+
+
+def table9(target: Target, runs: list[Run], layout: Layout) -> Table:
+    cols = ("eva", "eva_no_momentum", "eva_no_klclip", "eva_no_kv")
+    table = _seed_table(target, runs, cols, "table9", cols)
+    m = _means(runs, cols)
+    if m["eva"] is not None:
+        worse = [name(c) for c in cols[1:] if m[c] is None or m[c] < m["eva"]]  # type: ignore[operator]
+        table.findings.append(
+            f"Removing a part lowers accuracy for: {', '.join(worse) or 'none'} (the paper: all "
+            "three; without KL clipping WRN-28-10 diverged in some runs)."
+        )
+    return table
+
+
+def table6(target: Target, runs: list[Run], layout: Layout) -> Table:
+    cols = ("sgd", "kfac", "eva")
+    return _seed_table(target, runs, cols, "table6", cols)
+
+
+# ----------------------------------------------------------------------------- benchmark tables
+
+
+def _bench(layout: Layout, job: str) -> dict[str, Any] | None:
+    path = layout.bench / f"{job}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ratio(algos: dict[str, Any], key: str, kind: str) -> str:
+    entry = algos.get(key)
+    if not entry or entry.get("error"):
+        return "—"
+    if kind == "time":
+        value = entry.get("time_ratio_median")
+    else:
+        value = (entry.get("peak_memory") or {}).get("ratio")
+    return f"{value:.2f}×" if isinstance(value, int | float) else "—"
+
+
+def _time_pair(algos: dict[str, Any], base: str, interval: str | None) -> str:
+    """``2.18× (1.02×)``: time ratio at interval 1 and (in parentheses) the larger interval."""
+    one = _ratio(algos, f"{base}@1", "time")
+    return one + (f" ({_ratio(algos, f'{base}@{interval}', 'time')})" if interval else "")
+
+
+def _paper_time_pair(model: str, data: str, column: str) -> str:
+    one = paper_value("table5", model=model, dataset=data, setting="1", column=column)
+    every = paper_value("table5", model=model, dataset=data, setting="interval", column=column)
+    return "—" if one is None or every is None else f"{one[0]:g}× ({every[0]:g}×)"
+
+
+def _paper_ratio(artifact: str, model: str, data: str, column: str, metric: str) -> str:
+    found = paper_value(artifact, model=model, dataset=data, column=column, metric=metric)
+    return f"{found[0]:g}×" if found else "—"
+
+
+def _bench_row(model: str, entry: dict[str, Any], ten: bool) -> tuple[list[str], str | None]:
+    """One model's row of Table 5 (or 10) and a sentence comparing Eva with K-FAC/Shampoo."""
+    algos = entry["algorithms"]
+    interval = next(
+        (k.split("@")[1] for k in algos if k.startswith("kfac@") and k != "kfac@1"), None
+    )
+    data = "imagenet" if entry.get("num_classes") == 1000 else "cifar10"
+    row = [name(model), str(entry["batch"])]
+    if ten:
+        row += [_ratio(algos, a, k) for a in ("eva_f", "eva_s") for k in ("time", "mem")]
+        row += [_paper_ratio("table10", model, data, c, "time") for c in ("eva_f", "eva_s")]
+        return row, None
+    row += [_time_pair(algos, "shampoo", interval), _ratio(algos, "shampoo@1", "mem")]
+    row += [_time_pair(algos, "kfac", interval), _ratio(algos, "kfac@1", "mem")]
+    row += [_ratio(algos, "eva", "time"), _ratio(algos, "eva", "mem")]
+    row += [_paper_time_pair(model, data, "shampoo"), _paper_time_pair(model, data, "kfac")]
+    row.append(_paper_ratio("table5", model, data, "eva", "time"))
+    ratios = [algos.get(a, {}).get("time_ratio_median") for a in ("eva", "kfac@1", "shampoo@1")]
+    if not all(ratios):
+        return row, None
+    eva, kfac, shampoo = ratios
+    verdict = "the fastest second-order method" if eva < min(kfac, shampoo) else "not the fastest"
+    return row, (
+        f"{name(model)}: Eva {eva:.2f}× SGD, K-FAC@1 {kfac:.2f}×, Shampoo@1 {shampoo:.2f}× — "
+        f"Eva is {verdict}."
+    )
+
+
+def table5(target: Target, runs: list[Run], layout: Layout) -> Table:
+    ten = target.name == "table10"
+    header = ["Model", "Batch"]
+    if ten:
+        header += ["Eva-f time", "Eva-f mem", "Eva-s time", "Eva-s mem"]
+        header += ["paper Eva-f time", "paper Eva-s time"]
+    else:
+        header += ["Shampoo time @1 (@int)", "Shampoo mem", "K-FAC time @1 (@int)", "K-FAC mem"]
+        header += ["Eva time", "Eva mem", "paper Shampoo", "paper K-FAC", "paper Eva"]
+    rows: list[list[str]] = []
+    findings: list[str] = []
+    for job in target.bench:
+        record = _bench(layout, job.name)
+        if record is None:
+            continue
+        for model, entry in record["models"].items():
+            row, finding = _bench_row(model, entry, ten)
+            rows.append(row)
+            findings += [finding] if finding else []
+        machine = record["machine"]
+        findings.append(
+            f"`{job.name}.json`: {machine.get('device_name', '?')} {machine.get('cpu', '')}, "
+            f"torch {machine.get('torch', '?')}; command `{record.get('command', '?')}`."
+        )
+    return Table(header, rows, findings)
+
+
+def table10(target: Target, runs: list[Run], layout: Layout) -> Table:
+    return table5(target, runs, layout)
+
+
+def _algo_name(algo: str) -> str:
+    base, _, every = algo.partition("@")
+    return name(base) + (f"@{every}" if every else "")
+
+
+def table8(target: Target, runs: list[Run], layout: Layout) -> Table:
+    header = ["Algorithm", "Batch", "Samples/s", "× SGD", "paper batch", "paper samples/s"]
+    paper = {row["column"]: row for row in paper_numbers("table8")}
+    rows, findings = [], []
+    sgd_rate = None
+    for job in target.bench:
+        record = _bench(layout, job.name)
+        if record is None:
+            continue
+        for model, entry in record["models"].items():
+            for algo, data in entry["algorithms"].items():
+                if algo == "sgd" and sgd_rate is not None:
+                    continue  # SGD is reported at its own (the larger) batch size only
+                rate = 1000.0 * entry["batch"] / data["time_ms"]["median"]
+                if algo == "sgd":
+                    sgd_rate = rate
+                p = paper.get(algo)
+                rows.append(
+                    [
+                        _algo_name(algo),
+                        str(entry["batch"]),
+                        f"{rate:.1f}",
+                        f"{rate / sgd_rate:.2f}" if sgd_rate else "—",
+                        p["setting"] if p else "—",
+                        p["value"] if p else "—",
+                    ]
+                )
+            findings.append(f"`{job.name}.json` ({name(model)}): `{record.get('command', '?')}`.")
+    return Table(header, rows, findings)
+
+
+BUILDERS = {
+    "table4": table4,
+    "table5": table5,
+    "table6": table6,
+    "table7": table7,
+    "table8": table8,
+    "table9": table9,
+    "table10": table10,
+}
+
+
+def build(target: Target, runs: list[Run], layout: Layout) -> Table:
+    """The table of a ``table*`` target."""
+    return BUILDERS[target.name](target, runs, layout)
+
+
+def markdown(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+    ):
+        text = text.replace(a, b)
+    return (
+        text.replace("±", r"$\pm$")
+        .replace("×", r"$\times$")
+        .replace("−", "$-$")
+        .replace("†", r"$^\dagger$")
+        .replace("≙", r"$\simeq$")
+        .replace("≤", r"$\le$")
+    )
+
+
+def latex(table: Table, caption: str, label: str) -> str:
+    """A ``table`` environment with booktabs rules."""
+    spec = "ll" + "r" * (len(table.header) - 2)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex_escape(caption)}}}",
+        rf"\label{{tab:{label}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+        *(" & ".join(_tex_escape(c) for c in row) + r" \\" for row in table.rows),
+        r"\bottomrule",
+        r"\end{tabular}}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""Regenerate the paper's tables and figures: run what is missing, then render from records.
+
+    python scripts/reproduce.py table4 --scale cpu        # or: make table4 SCALE=cpu
+    python scripts/reproduce.py fig4 fig7 --scale smoke
+    python scripts/reproduce.py table4 --scale paper --dry-run          # print the commands
+    python scripts/reproduce.py table4 --scale paper -o hydra/launcher=slurm_8x4
+
+Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/bench/``, renders
+(Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/``. With complete records a target only
+re-renders; ``--force`` reruns it. What each target runs at each scale: ``scripts/repro/grids.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.repro.grids import SCALES, TARGETS, target  # noqa: E402
+from scripts.repro.render import render  # noqa: E402
+from scripts.repro.run import Layout, run_target  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="+", help=f"any of: {', '.join(TARGETS)}, or 'all'")
+    parser.add_argument("--scale", default="cpu", help=f"{' | '.join(SCALES)} (default cpu)")
+    parser.add_argument("--results", default="results", help="results folder (default results)")
+    parser.add_argument("--force", action="store_true", help="rerun even finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--render-only", action="store_true", help="render what exists, run nothing"
+    )
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        help="extra train.py override for every sweep (repeatable), e.g. hydra/launcher=slurm_8x4",
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="torchrun workers per run (default 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = list(TARGETS) if args.targets == ["all"] else args.targets
+    try:
+        targets = [target(name, args.scale) for name in names]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.nproc < 1:
+        print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    layout = Layout(Path(args.results), args.scale)
+    for tgt in targets:
+        notes: list[str] = []
+        if not args.render_only:
+            try:
+                notes = run_target(
+                    tgt,
+                    layout,
+                    force=args.force,
+                    dry_run=args.dry_run,
+                    extra=args.override,
+                    nproc=args.nproc,
+                )
+            except RuntimeError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+        if args.dry_run:
+            continue
+        for path in render(tgt, layout, notes):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
