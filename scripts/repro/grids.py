@@ -334,8 +334,8 @@ def fig4(scale: str) -> Target:
     sweeps = []
     for data in datasets:  # type: ignore[attr-defined]
         fixed: dict[str, Value] = {"dataset": data, "seed": 0}
-        if data == "faces":
-            fixed["model"] = "autoencoder_faces"
+        if data == "faces":  # 25×25 images: 625-2000-1000-500-30 (Fig. 4's FACES network)
+            fixed["model.kwargs.dims"] = "[625,2000,1000,500,30]"
         for opt, lr in AUTOENCODER_LR.items():
             sweeps.append(Sweep(exp, {"optimizer": (opt,)}, fixed | {"optimizer.lr": lr}))  # type: ignore[arg-type]
     return Target(
