@@ -11,10 +11,11 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test bench bench-ttt lint clean distclean reproduce $(PAPER_TARGETS)
 
 ## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
-## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default cpu); FORCE=1 reruns finished runs;
-## ARGS passes more options to scripts/reproduce.py (e.g. ARGS="-o hydra/launcher=slurm_8x4").
+## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default: paper where nvidia-smi sees a GPU,
+## else cpu); FORCE=1 reruns finished runs; ARGS passes more options to scripts/reproduce.py,
+## e.g. ARGS="-o hydra/launcher=slurm_8x4" (Slurm) or ARGS="--nproc 4" (torchrun per run).
 PAPER_TARGETS := table4 table5 table6 table7 table8 table9 table10 fig3 fig4 fig5 fig6 fig7 fig8
-SCALE ?= cpu
+SCALE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo paper || echo cpu)
 FORCE ?=
 
 setup: $(STAMP)

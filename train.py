@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import resource
 import sys
 import time
@@ -323,6 +324,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def lost_worker(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because a peer died, hung or was unreachable
+    (gloo and NCCL raise ``DistError``s, or plain ``RuntimeError``s from inside DDP's backward)."""
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    pattern = r"gloo|nccl|connection (closed|reset)|timed out|timeout|broken pipe"
+    return re.search(pattern, str(err), re.IGNORECASE) is not None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: user mistakes and divergence end with one line and exit status 2/1."""
@@ -335,6 +347,16 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}; stopped (an earlier checkpoint, if any, is kept)", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None  # the record says "failed"; the sweep goes on with its next job
+        sys.exit(1)
+    except RuntimeError as err:  # torch.distributed.DistError is one
+        if not lost_worker(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"error: lost contact with another worker ({type(err).__name__}: {first}); "
+            "stopped (the last checkpoint is kept; resume=true continues)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     finally:
         teardown_workers()

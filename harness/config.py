@@ -44,6 +44,13 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     _require(
         trainer.amp in (None, "bf16", "fp16"), "trainer.amp", "null, bf16 or fp16", trainer.amp
     )
+    timeout = trainer.get("dist_timeout_s")
+    _require(
+        isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0,
+        "trainer.dist_timeout_s",
+        "a number of seconds > 0",
+        timeout,
+    )
     lr = cfg.optimizer.get("lr")
     _require(isinstance(lr, int | float) and lr > 0, "optimizer.lr", "a number > 0", lr)
     warmup = cfg.schedule.get("warmup_epochs", 0)
