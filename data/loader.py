@@ -3,7 +3,8 @@
 :class:`TensorLoader` replaces ``torch.utils.data.DataLoader`` when the whole dataset is one tensor
 (uint8 images or float vectors): there are no worker processes and no per-image Python work for
 the standard augmentation — each batch is gathered, randomly cropped (zero padding) and flipped
-with a single indexing operation on the device the data lives on, then converted to float and
+with a single indexing operation on the device the data lives on, then converted to float,
+optionally upsampled (``resize``, e.g. 32 → 224 px for fine-tuning ImageNet models) and
 normalised. ::
 
     loader = TensorLoader(images, labels, batch_size=128, mean=CIFAR10_MEAN, std=CIFAR10_STD,
@@ -56,6 +57,14 @@ BatchTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 dataset's dtype) and not yet normalised."""
 
 _MAX_SEED = 2**62
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    """Bilinear resize of a float ``(B, C, H, W)`` batch to ``size × size`` (no antialiasing)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    return resize(images, [size, size], InterpolationMode.BILINEAR, antialias=False)
 
 
 class PerSample:
@@ -148,6 +157,12 @@ class TensorLoader:
         batch_transform: Optional hook ``(images, targets) -> (images, targets)`` applied after
             crop/flip and before normalisation, e.g. :func:`autoaugment_cifar10`,
             :func:`cutmix` or :func:`chain` of both. Default: None.
+        resize: Bilinearly resize every batch to ``resize × resize`` pixels
+            (``torchvision.transforms.v2.functional.resize``, no antialiasing) after all
+            augmentation (crop/flip and ``batch_transform``), in the floating ``dtype`` and on
+            the device the batches are made on, before normalisation. Deterministic: the
+            loader's random draws and :meth:`state_dict` are the same as without it. Needs 4-D
+            inputs; autoencoder targets are the resized inputs. Default: None (keep the size).
         rank: This process's rank. Default: 0.
         world_size: Number of processes sharing each global batch. Default: 1.
         device: Move the dataset there once (e.g. ``"cuda"``). Default: None (keep it where it is).
@@ -171,6 +186,7 @@ class TensorLoader:
         crop_padding: int = 0,
         flip: bool = False,
         batch_transform: BatchTransform | None = None,
+        resize: int | None = None,
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
@@ -196,6 +212,13 @@ class TensorLoader:
             raise ValueError(
                 f"crop_padding/flip need image inputs (N, C, H, W), got shape {tuple(inputs.shape)}"
             )
+        if resize is not None:
+            if not isinstance(resize, int) or isinstance(resize, bool) or resize < 1:
+                raise ValueError(f"resize must be a positive integer or None, got {resize!r}")
+            if inputs.dim() != 4:
+                raise ValueError(
+                    f"resize needs image inputs (N, C, H, W), got shape {tuple(inputs.shape)}"
+                )
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
 
@@ -210,6 +233,7 @@ class TensorLoader:
         self.crop_padding = crop_padding
         self.flip = flip
         self.batch_transform = batch_transform
+        self.resize = resize
         self.rank = rank
         self.world_size = world_size
         self.dtype = dtype
@@ -350,7 +374,10 @@ class TensorLoader:
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)
                 x, y = self.batch_transform(x, y)
-        x = x.to(self.dtype) * self._scale + self._shift
+        x = x.to(self.dtype)
+        if self.resize is not None:
+            x = _resize(x, self.resize)
+        x = x * self._scale + self._shift
         return x, (x if self.autoencoder else y)
 
     def _crop_flip(self, x: Tensor, offsets: Tensor | None, flips: Tensor | None) -> Tensor:

@@ -89,6 +89,7 @@ class DatasetSplits:
         test_batch_size: int | None = None,
         augment: bool = True,
         batch_transform: BatchTransform | None = None,
+        resize: int | None = None,
         seed: int = 0,
         drop_last: bool = True,
         rank: int = 0,
@@ -104,6 +105,9 @@ class DatasetSplits:
             augment: Apply the dataset's standard crop/flip to training batches. Default: True.
             batch_transform: Extra per-batch hook for in-memory training data (CutMix,
                 AutoAugment; see :mod:`data.loader`). Default: None.
+            resize: Bilinearly upsample (or downsample) in-memory image batches, training and
+                test, to ``resize × resize`` after augmentation (see
+                :class:`~data.loader.TensorLoader`). Default: None (keep the size).
             seed: Shuffling/augmentation seed, the same on every rank. Default: 0.
             drop_last: Drop the last incomplete training batch. Default: True.
             rank: This process's rank. Default: 0.
@@ -117,8 +121,8 @@ class DatasetSplits:
             ``len()``, ``state_dict()`` and ``load_state_dict()``.
 
         Raises:
-            ValueError: A batch size that is not a positive multiple of ``world_size``, or a
-                ``batch_transform`` for a folder dataset.
+            ValueError: A batch size that is not a positive multiple of ``world_size``, a bad
+                ``resize``, or a ``batch_transform`` or ``resize`` for a folder dataset.
         """
         test_batch_size = test_batch_size or batch_size
         if self.in_memory:
@@ -129,6 +133,7 @@ class DatasetSplits:
                 world_size=world_size,
                 device=device,
                 seed=seed,
+                resize=resize,
             )
             train = TensorLoader(
                 *self.train,
@@ -145,10 +150,9 @@ class DatasetSplits:
 
         from data.imagenet import build_imagenet_loader
 
-        if batch_transform is not None:
-            raise ValueError(
-                f"batch_transform is only supported for in-memory data, not {self.name}"
-            )
+        for label, value in (("batch_transform", batch_transform), ("resize", resize)):
+            if value is not None:
+                raise ValueError(f"{label} is only supported for in-memory data, not {self.name}")
         for label, size in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
             if size < 1 or size % world_size:
                 raise ValueError(

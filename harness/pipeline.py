@@ -12,7 +12,15 @@ from data.loader import autoaugment_cifar10, chain, cutmix
 from data.registry import build_dataset
 from harness.distributed import Workers
 
-HARNESS_KEYS = ("name", "augment", "cutmix", "autoaugment", "train_subset", "test_subset")
+HARNESS_KEYS = (
+    "name",
+    "augment",
+    "cutmix",
+    "autoaugment",
+    "train_subset",
+    "test_subset",
+    "resize",
+)
 """Keys of the ``dataset`` group that the harness reads; the rest go to the dataset builder."""
 
 
@@ -44,11 +52,35 @@ def subset(split: tuple[torch.Tensor, torch.Tensor], size: int | None, key: str)
     return picked, picked if targets is inputs else targets[index]
 
 
+def check_resize(size: Any) -> int | None:
+    """``dataset.resize``: None (keep the data's size) or a positive integer (square side)."""
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"dataset.resize must be a positive integer or null, got {size!r}")
+    return size
+
+
 def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed: int) -> Data:
-    """Load the dataset and build this worker's train/test loaders (global batch sizes)."""
+    """Load the dataset and build this worker's train/test loaders (global batch sizes).
+
+    ``dataset.resize`` (optional, default null): bilinearly resize every training and test
+    batch of in-memory image data to ``resize × resize`` pixels after augmentation, on the
+    device the batches are made on (e.g. 224 to fine-tune ImageNet models on CIFAR).
+    """
     options: dict[str, Any] = OmegaConf.to_container(dataset, resolve=True)  # type: ignore[assignment]
     builder_options = {k: v for k, v in options.items() if k not in HARNESS_KEYS}
+    resize = check_resize(options.get("resize"))
     splits = build_dataset(dataset.name, **builder_options)
+    if resize is not None:
+        if not splits.in_memory:
+            raise ValueError(
+                f"dataset.resize needs in-memory data, not {dataset.name} (its builder sets "
+                "the image size)"
+            )
+        if len(splits.input_shape) != 3:
+            raise ValueError(
+                f"dataset.resize needs image inputs (C, H, W); {dataset.name} has inputs of "
+                f"shape {splits.input_shape}"
+            )
     sizes = {key: dataset.get(key) for key in ("train_subset", "test_subset")}
     if any(size is not None for size in sizes.values()):
         if not splits.in_memory:
@@ -71,6 +103,7 @@ def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed:
         test_batch_size=trainer.eval_batch_size,
         augment=dataset.get("augment", True),
         batch_transform=transform,
+        resize=resize,
         seed=seed,
         rank=workers.rank,
         world_size=workers.world_size,
