@@ -191,7 +191,7 @@ def _wall_clock(target: Target, runs: list[Run], label: Callable[[Run], str]) ->
             _curve(ax, run, "test_acc", label(run), x="time")
         ax.axhline(goal, color="black", linestyle=":", linewidth=1)  # type: ignore[arg-type]
         ax.set_title(f"{name(model)}, {name(data)}", fontsize=9)
-        ax.set_xlabel("training time (s)")
+        ax.set_xlabel("training time (s): epochs × median s/epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=7, loc="lower right")
         times = {label(r): time_to_target(r, goal) for r in subset}  # type: ignore[arg-type]

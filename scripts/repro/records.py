@@ -67,12 +67,12 @@ class Run:
         return xs, ys
 
     def wall_clock(self) -> list[float]:
-        """Cumulative training seconds at each evaluated epoch (evaluation time excluded)."""
-        total, out = 0.0, []
-        for row in self.epochs:
-            total += float(row.get("train_seconds", 0.0))
-            out.append(total)
-        return out
+        """Training seconds at the end of each evaluated epoch: epoch × the run's median seconds
+        per epoch (evaluation excluded). Every epoch does the same work, and the median keeps a
+        burst of other load on a shared machine from being charged to one optimizer."""
+        seconds = [float(row["train_seconds"]) for row in self.epochs if "train_seconds" in row]
+        per_epoch = statistics.median(seconds) if seconds else 0.0
+        return [int(row["epoch"]) * per_epoch for row in self.epochs]
 
 
 def load_runs(target: Target, layout: Layout) -> list[Run]:
