@@ -172,7 +172,8 @@ def test_figures_render_png_pdf_and_time_to_target(tmp_path):
                     "epoch": e + 1,
                     "test_acc": a / 100,
                     "train_loss": 2.0 - e / 4,
-                    "train_seconds": seconds,
+                    # a burst of other load in one epoch is not charged (median per epoch)
+                    "train_seconds": 1000.0 if e == 0 and run["optimizer"] == "sgd" else seconds,
                 }
                 for e, a in enumerate(accs)
             ]
