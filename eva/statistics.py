@@ -53,17 +53,52 @@ def _append_one(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
+def batch_mean(x: Tensor) -> Tensor:
+    """The mean over the first dimension, as one matrix-vector product for contiguous ``x``.
+
+    Same math as ``x.mean(dim=0)``; on the CPU the BLAS product streams the batch about a third
+    faster than the dim-0 reduction (this pass over every layer's input is most of Eva's cost).
+    """
+    n = x.shape[0]
+    if not x.is_contiguous() or x.dim() < 2:
+        return x.mean(dim=0)
+    return (x.new_full((n,), 1.0 / n) @ x.reshape(n, -1)).view(x.shape[1:])
+
+
+def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
+    """The mean im2col patch of one ``(C, H, W)`` image, without unfolding it.
+
+    Entry ``(c, i, j)`` is the mean over output positions of the padded input at row
+    ``i·dilation + oh·stride`` and column ``j·dilation + ow·stride``: per kernel row a strided sum
+    over rows, then per kernel column a strided sum over columns (``kh + kw`` small sums instead of
+    an ``(C·kh·kw) × L`` patch matrix). Numeric zero padding only; other paddings unfold.
+    """
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
+    (ph, pw), (kh, kw) = conv.padding, conv.kernel_size
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    x = F.pad(image, (pw, pw, ph, ph))
+    oh = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    rows = torch.stack(
+        [x[:, i * dh : i * dh + sh * (oh - 1) + 1 : sh].sum(1) for i in range(kh)], 1
+    )
+    cols = [rows[:, :, j * dw : j * dw + sw * (ow - 1) + 1 : sw].sum(2) for j in range(kw)]
+    return torch.stack(cols, 2).reshape(-1) / (oh * ow)
+
+
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
     """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch).
 
-    For a convolution the batch is averaged first and one image unfolded: unfold is linear, so the
-    result equals the mean over all samples and positions without materialising every patch.
+    For a convolution the batch is averaged first and the mean patch taken of that one image:
+    unfold is linear, so the result equals the mean over all samples and positions without
+    materialising any patch (:func:`patch_mean`).
     """
     x = _batched(x, layer)
     if isinstance(layer, nn.Conv2d):
-        a = patches(layer, x.mean(dim=0, keepdim=True))[0].mean(dim=1)
+        a = patch_mean(layer, batch_mean(x))
     else:
-        a = x.reshape(-1, x.shape[-1]).mean(dim=0)
+        a = batch_mean(x.reshape(-1, x.shape[-1]))
     return _append_one(a) if bias else a
 
 

@@ -1,0 +1,43 @@
+"""Kronecker-vector statistics (Eq. 10) against their definition: every im2col patch, averaged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from eva.statistics import batch_mean, input_mean, patches
+
+CONVS = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, padding=1, stride=2),
+    dict(kernel_size=(3, 5), padding=(2, 1), stride=(2, 1), dilation=(1, 2)),
+    dict(kernel_size=1),
+    dict(kernel_size=7, padding=3, stride=2),
+    dict(kernel_size=3, padding="same", dilation=2),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=2, stride=3),  # the stride leaves rows and columns unused
+]
+
+
+@pytest.mark.parametrize("options", CONVS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_input_mean_is_the_mean_patch(options, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, bias=bias, **options).double()
+    x = torch.randn(5, 3, 11, 13, dtype=torch.float64)
+    every_patch = (
+        patches(conv, x).transpose(1, 2).reshape(-1, 3 * conv.kernel_size[0] * conv.kernel_size[1])
+    )
+    expected = every_patch.mean(dim=0)
+    if bias:
+        expected = torch.cat([expected, expected.new_ones(1)])
+    torch.testing.assert_close(input_mean(conv, x, bias), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_input_mean_and_batch_mean():
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    torch.testing.assert_close(input_mean(nn.Linear(6, 2), x, False), x.reshape(-1, 6).mean(0))
+    torch.testing.assert_close(batch_mean(x), x.mean(0))
+    strided = x.transpose(1, 2)  # not contiguous: the plain reduction
+    torch.testing.assert_close(batch_mean(strided), strided.mean(0))
