@@ -211,7 +211,7 @@ def test_table5_from_a_benchmark_record(tmp_path):
     (layout.bench / "steptime-cpu.json").write_text(json.dumps(record))
     md = render(target("table5", "cpu"), layout)[0].read_text()
     row = "| ResNet-110 | 128 | 6.00× (1.50×) | 1.10× | 2.50× (1.20×) | 1.20× | 1.05× | 1.00× |"
-    assert row + " 6.79× (1.9×) | 1.64× (1.16×) | 1.16× |" in md
+    assert row + " 6.79× (1.9×), mem 1× | 1.64× (1.16×), mem 1.03× | 1.16×, mem 1× |" in md
     assert "Eva is the fastest second-order method" in md
 
 

@@ -34,6 +34,8 @@ TITLES = {
 
 
 def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
+    if not target.sweeps and not target.bench:
+        return "Nothing runs at this scale."
     if not target.sweeps:
         done = sum((layout.bench / f"{job.name}.json").exists() for job in target.bench)
         return f"Benchmark records: {done} of {len(target.bench)} present under `{layout.bench}`."

@@ -245,9 +245,13 @@ def _time_pair(algos: dict[str, Any], base: str, interval: str | None) -> str:
 
 
 def _paper_time_pair(model: str, data: str, column: str) -> str:
+    """The paper's ``time @1 (@interval), mem`` cell of Table 5."""
     one = paper_value("table5", model=model, dataset=data, setting="1", column=column)
     every = paper_value("table5", model=model, dataset=data, setting="interval", column=column)
-    return "—" if one is None or every is None else f"{one[0]:g}× ({every[0]:g}×)"
+    mem = paper_value("table5", model=model, dataset=data, column=column, metric="mem")
+    if one is None or every is None or mem is None:
+        return "—"
+    return f"{one[0]:g}× ({every[0]:g}×), mem {mem[0]:g}×"
 
 
 def _paper_ratio(artifact: str, model: str, data: str, column: str, metric: str) -> str:
@@ -265,13 +269,18 @@ def _bench_row(model: str, entry: dict[str, Any], ten: bool) -> tuple[list[str],
     row = [name(model), str(entry["batch"])]
     if ten:
         row += [_ratio(algos, a, k) for a in ("eva_f", "eva_s") for k in ("time", "mem")]
-        row += [_paper_ratio("table10", model, data, c, "time") for c in ("eva_f", "eva_s")]
+        row += [
+            f"{_paper_ratio('table10', model, data, c, 'time')}, mem "
+            f"{_paper_ratio('table10', model, data, c, 'mem')}"
+            for c in ("eva_f", "eva_s")
+        ]
         return row, None
     row += [_time_pair(algos, "shampoo", interval), _ratio(algos, "shampoo@1", "mem")]
     row += [_time_pair(algos, "kfac", interval), _ratio(algos, "kfac@1", "mem")]
     row += [_ratio(algos, "eva", "time"), _ratio(algos, "eva", "mem")]
     row += [_paper_time_pair(model, data, "shampoo"), _paper_time_pair(model, data, "kfac")]
-    row.append(_paper_ratio("table5", model, data, "eva", "time"))
+    eva_mem = _paper_ratio("table5", model, data, "eva", "mem")
+    row.append(f"{_paper_ratio('table5', model, data, 'eva', 'time')}, mem {eva_mem}")
     ratios = [algos.get(a, {}).get("time_ratio_median") for a in ("eva", "kfac@1", "shampoo@1")]
     if not all(ratios):
         return row, None
@@ -288,7 +297,7 @@ def table5(target: Target, runs: list[Run], layout: Layout) -> Table:
     header = ["Model", "Batch"]
     if ten:
         header += ["Eva-f time", "Eva-f mem", "Eva-s time", "Eva-s mem"]
-        header += ["paper Eva-f time", "paper Eva-s time"]
+        header += ["paper Eva-f", "paper Eva-s"]
     else:
         header += ["Shampoo time @1 (@int)", "Shampoo mem", "K-FAC time @1 (@int)", "K-FAC mem"]
         header += ["Eva time", "Eva mem", "paper Shampoo", "paper K-FAC", "paper Eva"]
