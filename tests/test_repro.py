@@ -255,3 +255,16 @@ def test_run_dirname_matches_hydra(tmp_path, cli, tiny):
     assert statuses == ["failed", "completed"]
     again = cli(args, ROOT)
     assert again.returncode == 0 and again.stdout.count("skip:") == 2
+
+
+def test_missing_cifar_images_are_reported_not_run(tmp_path, monkeypatch, capsys):
+    """Without the CIFAR-10 images a CPU-scale CIFAR target runs nothing and says why."""
+    from scripts.repro import run as repro_run
+
+    monkeypatch.setattr(repro_run, "cifar10_images_overrides", lambda: None)
+    layout = Layout(tmp_path, "cpu")
+    notes = repro_run.run_target(target("table9", "cpu"), layout)
+    assert notes and "CIFAR-10 images not found" in notes[0]
+    assert "$ python" not in capsys.readouterr().out
+    md = render(target("table9", "cpu"), layout, notes)[0].read_text()
+    assert "CIFAR-10 images not found" in md and "Runs: 0 of 12 completed" in md
