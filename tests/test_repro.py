@@ -268,3 +268,23 @@ def test_missing_cifar_images_are_reported_not_run(tmp_path, monkeypatch, capsys
     assert "$ python" not in capsys.readouterr().out
     md = render(target("table9", "cpu"), layout, notes)[0].read_text()
     assert "CIFAR-10 images not found" in md and "Runs: 0 of 12 completed" in md
+
+
+def test_fig4_shows_each_optimizer_at_its_best_learning_rate(tmp_path):
+    layout = Layout(tmp_path, "cpu")
+    tgt = target("fig4", "cpu")
+    sgd = next(
+        s for s in tgt.sweeps if s.fixed == {"dataset": "mnist", "seed": 0, "optimizer": "sgd"}
+    )
+    high, low = sgd.runs()
+    record = RunRecord(layout.run_dir(sgd, high))
+    record.start({}, "x", False)
+    record.finish("failed", error="Diverged: training loss is nan at step 9")
+    rows = [{"epoch": 1, "train_loss": 150.0, "test_loss": 149.0, "train_seconds": 1.0}]
+    fabricate(layout, sgd, low, {"train_loss": 150.0, "test_loss": 149.0}, rows)
+    md = render(tgt, layout)[0].read_text()
+    assert "- MNIST: final training loss, best first: SGD 150.00, " in md  # others: missing
+    assert "; test loss: SGD 149.00, " in md
+    assert (
+        f"not shown (a better learning rate exists): SGD lr {high['optimizer.lr']} diverged" in md
+    )

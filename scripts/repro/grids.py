@@ -104,7 +104,15 @@ class Target:
 
 # Learning rates the paper tuned per optimizer but does not list: ours (CIFAR batch 512 / AE).
 CIFAR_LR = {"adagrad": 0.05, "adamw": 0.002}
-AUTOENCODER_LR = {"sgd": 0.005, "adagrad": 0.01, "shampoo": 0.001, "kfac": 0.005, "eva": 0.005}
+AUTOENCODER_LR = {
+    "sgd": (0.005, 0.002),
+    "adagrad": (0.01,),
+    "shampoo": (0.001,),
+    "kfac": (0.005,),
+    "eva": (0.005,),
+}
+"""Fig. 4 learning rates per optimizer (the paper tuned each in [0.001, 0.5] per dataset and
+does not list them); the figure shows each optimizer at its best rate among these."""
 
 CPU_DATA = (
     "ResNet-20 on a fixed random 5,000-image subset of the CIFAR-10 training set, evaluated on "
@@ -336,8 +344,8 @@ def fig4(scale: str) -> Target:
         fixed: dict[str, Value] = {"dataset": data, "seed": 0}
         if data == "faces":  # 25×25 images: 625-2000-1000-500-30 (Fig. 4's FACES network)
             fixed["model.kwargs.dims"] = "[625,2000,1000,500,30]"
-        for opt, lr in AUTOENCODER_LR.items():
-            sweeps.append(Sweep(exp, {"optimizer": (opt,)}, fixed | {"optimizer.lr": lr}))  # type: ignore[arg-type]
+        for opt, lrs in AUTOENCODER_LR.items():
+            sweeps.append(Sweep(exp, {"optimizer.lr": lrs}, fixed | {"optimizer": opt}))
     return Target(
         "fig4",
         scale,
@@ -345,10 +353,10 @@ def fig4(scale: str) -> Target:
         _scaled(
             scale,
             "the paper's autoencoder recipe (batch 1000, 100 epochs, linear decay); learning "
-            f"rates per optimizer are ours: {AUTOENCODER_LR}",
+            f"rates per optimizer are ours (each shown at its best one): {AUTOENCODER_LR}",
             "the paper's autoencoder and batch 1000 on the full MNIST and Fashion-MNIST splits, "
-            f"10 epochs with linear decay, seed 0; learning rates (ours, lightly tuned on "
-            f"MNIST by the benchmark): {AUTOENCODER_LR}",
+            "10 epochs with linear decay, seed 0; learning rates (ours; each optimizer is shown "
+            f"at its best one): {AUTOENCODER_LR}",
             "smoke: synthetic data",
         ),  # type: ignore[arg-type]
         tuple(sweeps),
