@@ -71,6 +71,12 @@ def _curve(ax: Axes, run: Run, metric: str, label: str | None = None, x: str = "
     ax.plot(xs, values, label=label or _label(run), **_style(run.optimizer))
 
 
+def _legend(ax: Axes, **options: object) -> None:
+    """A legend when the axes have labelled lines (a panel with no finished run has none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)  # type: ignore[arg-type]
+
+
 def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9) -> tuple[Figure, list]:
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat:
@@ -108,7 +114,7 @@ def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> 
         axes[0][j].set_ylabel("training loss")
         axes[1][j].set_ylabel("test accuracy (%)")
         axes[1][j].set_xlabel("epoch")
-        axes[0][j].legend(fontsize=7)
+        _legend(axes[0][j], fontsize=7)
         findings.append(
             f"{name(model)}, {name(data)}: final test accuracy "
             + ", ".join(f"{_label(r)} {_final(r, 'test_acc')}" for r in subset)
@@ -161,7 +167,7 @@ def fig4(target: Target, runs: list[Run]) -> Drawn:
         axes[1][j].set_xlabel("epoch")
         for ax in (axes[0][j], axes[1][j]):
             ax.set_yscale("log")
-        axes[0][j].legend(fontsize=7)
+        _legend(axes[0][j], fontsize=7)
         ranked = sorted(best.values(), key=lambda r: r.final("train_loss") or math.inf)
         findings.append(
             f"{name(data)}: final training loss, best first: "
@@ -217,7 +223,7 @@ def _wall_clock(target: Target, runs: list[Run], label: Callable[[Run], str]) ->
         ax.set_title(f"{name(model)}, {name(data)}", fontsize=9)
         ax.set_xlabel("training time (s): epochs × median s/epoch")
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        _legend(ax, fontsize=7, loc="lower right")
         times = {label(r): time_to_target(r, goal) for r in subset}  # type: ignore[arg-type]
         eva = next((t for k, t in times.items() if k == "Eva"), None)
         if eva:
@@ -323,7 +329,7 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     fig.suptitle(target.title, fontsize=10)
     fig.tight_layout()
     return Drawn(fig, findings)
