@@ -31,3 +31,28 @@ class Eva(Preconditioner):
         gamma = self.damping
         coef = (b @ grad @ a) / (gamma + (a @ a) * (b @ b))
         return (grad - coef * torch.outer(b, a)) / gamma
+
+    def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
+        """Eq. 13 for all layers, layers of equal gradient shape batched into one computation
+        (a ResNet has a handful of distinct shapes): a few batched kernels per shape instead of
+        a few small kernels per layer, the per-step cost that dominates small batches."""
+        groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
+        for i, g in enumerate(grads):
+            groups.setdefault((tuple(g.shape), g.dtype, g.device), []).append(i)
+        out: list[Tensor] = [grads[0]] * len(grads)
+        gamma = self.damping
+        for members in groups.values():
+            if len(members) == 1:
+                i = members[0]
+                out[i] = self.precondition(layers[i], self.state[layers[i].name], grads[i])
+                continue
+            g = torch.stack([grads[i] for i in members])  # (k, out, in)
+            a = torch.stack([self.state[layers[i].name]["a_mean"] for i in members])  # (k, in)
+            b = torch.stack([self.state[layers[i].name]["g_mean"] for i in members])  # (k, out)
+            ga = torch.bmm(g, a.unsqueeze(2)).squeeze(2)  # G ā
+            coef = (b * ga).sum(1) / (gamma + (a * a).sum(1) * (b * b).sum(1))
+            p = torch.baddbmm(g, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), alpha=-1)
+            p.div_(gamma)
+            for k, i in enumerate(members):
+                out[i] = p[k]
+        return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any, ClassVar, TypedDict
 
@@ -36,7 +37,14 @@ from eva.scaling import SCALINGS, Scaling, apply_scaling
 from eva.statistics import CONV_FACTORS, ConvFactors
 
 INPUT_STATS = ("a_mean", "a_factor")
-GRAD_STATS = ("g_mean", "g_factor")
+GRAD_STATS = frozenset(("g_mean", "g_factor"))
+
+
+def _full_precision(device_type: str) -> AbstractContextManager[object]:
+    """Statistics are computed outside autocast; no context object when autocast is off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 def check_positive(name: str, value: float) -> None:
@@ -248,9 +256,9 @@ class Preconditioner:
     def _forward_hook(self, layer: Layer, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if not self._capturing(module):
             return
-        with torch.autocast(output.device.type, enabled=False):  # statistics in full precision
+        with _full_precision(output.device.type):
             self._input_statistics(layer, module, inputs[0])
-        grad_stats = any(k in self.statistics_needed for k in GRAD_STATS)
+        grad_stats = not GRAD_STATS.isdisjoint(self.statistics_needed)
         if output.requires_grad and (grad_stats or self._overlap is not None):
             output.register_hook(partial(self._grad_hook, layer))
             # a forward run by the autograd engine is an activation-checkpointing recompute,
@@ -268,7 +276,7 @@ class Preconditioner:
             self._accumulate(layer, "a_factor", factor)
 
     def _grad_hook(self, layer: Layer, grad_output: Tensor) -> None:
-        with torch.autocast(grad_output.device.type, enabled=False):
+        with _full_precision(grad_output.device.type):
             self._grad_statistics(layer, grad_output)
         if self._overlap is not None:
             self._send_if_complete(self._overlap, layer.name)
@@ -361,6 +369,14 @@ class Preconditioner:
         """Return the preconditioned gradient ``p`` for ``grad`` (a new tensor, same shape)."""
         raise NotImplementedError
 
+    def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
+        """:meth:`precondition` of every ready layer this step. Subclasses may batch layers of
+        equal shape here (one kernel launch for many layers); results must not alias ``grads``."""
+        return [
+            self.precondition(layer, self.state[layer.name], g)
+            for layer, g in zip(layers, grads, strict=True)
+        ]
+
     def gradient(self, layer: Layer) -> Tensor:
         """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""
         if self.include_bias:
@@ -402,7 +418,8 @@ class Preconditioner:
         current = {}
         if self.statistics_needed and refresh:
             current = self._current_statistics(grad_scale)
-        layers, grads, precond = [], [], []
+        layers: list[Layer] = []
+        grads: list[Tensor] = []
         for layer in self.layers:
             if not layer.has_grad():
                 continue
@@ -415,7 +432,7 @@ class Preconditioner:
                 continue
             layers.append(layer)
             grads.append(g)
-            precond.append(self.precondition(layer, state, g))
+        precond = self.precondition_all(layers, grads)
         apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
         for layer, p in zip(layers, precond, strict=True):
             self.write_gradient(layer, p)

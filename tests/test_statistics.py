@@ -41,3 +41,26 @@ def test_linear_input_mean_and_batch_mean():
     torch.testing.assert_close(batch_mean(x), x.mean(0))
     strided = x.transpose(1, 2)  # not contiguous: the plain reduction
     torch.testing.assert_close(batch_mean(strided), strided.mean(0))
+
+
+def test_eva_batches_layers_of_equal_shape_exactly():
+    """Eva's batched Eq. 13 (layers of one shape in one computation) equals the per-layer one."""
+    from eva import Eva
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3), nn.Linear(3, 6)
+    ).double()
+    eva = Eva(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    model(torch.randn(8, 6, dtype=torch.float64)).pow(2).sum().backward()
+    eva.step()  # statistics in the state
+    model(torch.randn(8, 6, dtype=torch.float64)).pow(2).sum().backward()
+    grads = [eva.gradient(layer) for layer in eva.layers]
+    batched = eva.precondition_all(eva.layers, grads)
+    single = [
+        eva.precondition(l, eva.state[l.name], g) for l, g in zip(eva.layers, grads, strict=True)
+    ]
+    assert len({tuple(g.shape) for g in grads}) < len(grads)  # some layers share a shape
+    for got, want, g in zip(batched, single, grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert got.data_ptr() != g.data_ptr()
