@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.preconditioner import Preconditioner
+from eva.preconditioner import Preconditioner, shape_groups
 
 
 class Eva(Preconditioner):
@@ -36,12 +36,9 @@ class Eva(Preconditioner):
         """Eq. 13 for all layers, layers of equal gradient shape batched into one computation
         (a ResNet has a handful of distinct shapes): a few batched kernels per shape instead of
         a few small kernels per layer, the per-step cost that dominates small batches."""
-        groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
-        for i, g in enumerate(grads):
-            groups.setdefault((tuple(g.shape), g.dtype, g.device), []).append(i)
         out: list[Tensor] = [grads[0]] * len(grads)
         gamma = self.damping
-        for members in groups.values():
+        for members in shape_groups(grads):
             if len(members) == 1:
                 i = members[0]
                 out[i] = self.precondition(layers[i], self.state[layers[i].name], grads[i])

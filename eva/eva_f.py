@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner
+from eva.preconditioner import Options, Preconditioner, shape_groups
 
 
 class EvaF(Preconditioner):
@@ -49,3 +49,22 @@ class EvaF(Preconditioner):
         a = state["a_mean"]
         p = grad - torch.outer(grad @ a, a) / (self.damping + a @ a)
         return p / self.damping if self.divide_by_damping else p
+
+    def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
+        """Eq. 21 for all layers, layers of equal gradient shape batched (as :class:`~eva.Eva`)."""
+        out: list[Tensor] = [grads[0]] * len(grads)
+        for members in shape_groups(grads):
+            if len(members) == 1:
+                i = members[0]
+                out[i] = self.precondition(layers[i], self.state[layers[i].name], grads[i])
+                continue
+            g = torch.stack([grads[i] for i in members])  # (k, out, in)
+            a = torch.stack([self.state[layers[i].name]["a_mean"] for i in members])  # (k, in)
+            ga = torch.bmm(g, a.unsqueeze(2))  # (k, out, 1)
+            ga.div_((self.damping + (a * a).sum(1)).view(-1, 1, 1))
+            p = torch.baddbmm(g, ga, a.unsqueeze(1), alpha=-1)
+            if self.divide_by_damping:
+                p.div_(self.damping)
+            for k, i in enumerate(members):
+                out[i] = p[k]
+        return out

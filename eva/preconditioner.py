@@ -40,6 +40,15 @@ INPUT_STATS = ("a_mean", "a_factor")
 GRAD_STATS = frozenset(("g_mean", "g_factor"))
 
 
+def shape_groups(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by (shape, dtype, device), in first-seen order: the layers
+    whose per-layer math can run as one batched computation."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
+    return list(groups.values())
+
+
 def _full_precision(device_type: str) -> AbstractContextManager[object]:
     """Statistics are computed outside autocast; no context object when autocast is off."""
     if torch.is_autocast_enabled(device_type):

@@ -43,15 +43,16 @@ def test_linear_input_mean_and_batch_mean():
     torch.testing.assert_close(batch_mean(strided), strided.mean(0))
 
 
-def test_eva_batches_layers_of_equal_shape_exactly():
-    """Eva's batched Eq. 13 (layers of one shape in one computation) equals the per-layer one."""
-    from eva import Eva
+@pytest.mark.parametrize("name", ["Eva", "EvaF"])
+def test_eva_batches_layers_of_equal_shape_exactly(name):
+    """Batched Eq. 13 / Eq. 21 (layers of one shape in one computation) equal the per-layer ones."""
+    import eva as lib
 
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3), nn.Linear(3, 6)
     ).double()
-    eva = Eva(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    eva = getattr(lib, name)(model, torch.optim.SGD(model.parameters(), lr=0.1))
     model(torch.randn(8, 6, dtype=torch.float64)).pow(2).sum().backward()
     eva.step()  # statistics in the state
     model(torch.randn(8, 6, dtype=torch.float64)).pow(2).sum().backward()
