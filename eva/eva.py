@@ -48,7 +48,7 @@ class Eva(Preconditioner):
             b = torch.stack([self.state[layers[i].name]["g_mean"] for i in members])  # (k, out)
             ga = torch.bmm(g, a.unsqueeze(2)).squeeze(2)  # G ā
             coef = (b * ga).sum(1) / (gamma + (a * a).sum(1) * (b * b).sum(1))
-            p = torch.baddbmm(g, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), alpha=-1)
+            p = torch.addcmul(g, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), value=-1)
             p.div_(gamma)
             for k, i in enumerate(members):
                 out[i] = p[k]

@@ -62,7 +62,7 @@ class EvaF(Preconditioner):
             a = torch.stack([self.state[layers[i].name]["a_mean"] for i in members])  # (k, in)
             ga = torch.bmm(g, a.unsqueeze(2))  # (k, out, 1)
             ga.div_((self.damping + (a * a).sum(1)).view(-1, 1, 1))
-            p = torch.baddbmm(g, ga, a.unsqueeze(1), alpha=-1)
+            p = torch.addcmul(g, ga, a.unsqueeze(1), value=-1)
             if self.divide_by_damping:
                 p.div_(self.damping)
             for k, i in enumerate(members):

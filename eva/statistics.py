@@ -17,7 +17,8 @@ The Kronecker vectors do not depend on that choice: they are the means over samp
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,26 +66,36 @@ def batch_mean(x: Tensor) -> Tensor:
     return (x.new_full((n,), 1.0 / n) @ x.reshape(n, -1)).view(x.shape[1:])
 
 
+@functools.lru_cache(maxsize=1024)
+def _taps(
+    size: int, kernel: int, stride: int, dilation: int, padding: int, device: Any, dtype: Any
+) -> tuple[Tensor, int]:
+    """Along one spatial axis: the ``(kernel, size)`` 0/1 matrix whose entry ``(i, h)`` says that
+    kernel tap ``i`` reads input position ``h`` at some output position, and the output length.
+    Positions in the (zero) padding are left out: they add nothing to a sum."""
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    taps = torch.arange(kernel).unsqueeze(1) * dilation + torch.arange(out) * stride - padding
+    valid = (taps >= 0) & (taps < size)
+    rows = torch.arange(kernel).unsqueeze(1).expand_as(taps)
+    reads = torch.zeros(kernel, size)
+    reads[rows[valid], taps[valid]] = 1.0
+    return reads.to(device=device, dtype=dtype), out
+
+
 def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     """The mean im2col patch of one ``(C, H, W)`` image, without unfolding it.
 
     Entry ``(c, i, j)`` is the mean over output positions of the padded input at row
-    ``i·dilation + oh·stride`` and column ``j·dilation + ow·stride``: per kernel row a strided sum
-    over rows, then per kernel column a strided sum over columns (``kh + kw`` small sums instead of
-    an ``(C·kh·kw) × L`` patch matrix). Numeric zero padding only; other paddings unfold.
+    ``i·dilation + oh·stride`` and column ``j·dilation + ow·stride``, i.e. ``R · image[c] · Sᵀ``
+    with ``R``/``S`` the 0/1 "tap reads position" matrices of the two axes (cached per geometry):
+    two small matrix products instead of a ``(C·kh·kw) × L`` patch matrix. Numeric zero padding
+    only; other paddings unfold.
     """
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
-    (ph, pw), (kh, kw) = conv.padding, conv.kernel_size
-    (sh, sw), (dh, dw) = conv.stride, conv.dilation
-    x = F.pad(image, (pw, pw, ph, ph))
-    oh = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
-    ow = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    rows = torch.stack(
-        [x[:, i * dh : i * dh + sh * (oh - 1) + 1 : sh].sum(1) for i in range(kh)], 1
-    )
-    cols = [rows[:, :, j * dw : j * dw + sw * (ow - 1) + 1 : sw].sum(2) for j in range(kw)]
-    return torch.stack(cols, 2).reshape(-1) / (oh * ow)
+    geometry = zip(image.shape[1:], conv.kernel_size, conv.stride, conv.dilation, conv.padding)
+    (rows, oh), (cols, ow) = (_taps(*g, image.device, image.dtype) for g in geometry)
+    return (rows @ image @ cols.t()).reshape(-1) / (oh * ow)
 
 
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
