@@ -66,7 +66,6 @@ def batch_mean(x: Tensor) -> Tensor:
     return (x.new_full((n,), 1.0 / n) @ x.reshape(n, -1)).view(x.shape[1:])
 
 
-@functools.lru_cache(maxsize=1024)
 def _taps(
     size: int, kernel: int, stride: int, dilation: int, padding: int, device: Any, dtype: Any
 ) -> tuple[Tensor, int]:
@@ -82,6 +81,10 @@ def _taps(
     return reads.to(device=device, dtype=dtype), out
 
 
+_cached_taps = functools.lru_cache(maxsize=1024)(_taps)
+"""Eager calls reuse the tap matrices; under ``torch.compile`` they are built in the graph."""
+
+
 def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     """The mean im2col patch of one ``(C, H, W)`` image, without unfolding it.
 
@@ -94,7 +97,8 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
     geometry = zip(image.shape[1:], conv.kernel_size, conv.stride, conv.dilation, conv.padding)
-    (rows, oh), (cols, ow) = (_taps(*g, image.device, image.dtype) for g in geometry)
+    taps = _taps if torch.compiler.is_compiling() else _cached_taps
+    (rows, oh), (cols, ow) = (taps(*g, image.device, image.dtype) for g in geometry)
     return (rows @ image @ cols.t()).reshape(-1) / (oh * ow)
 
 
