@@ -65,3 +65,26 @@ def test_eva_batches_layers_of_equal_shape_exactly(name):
     for got, want, g in zip(batched, single, grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         assert got.data_ptr() != g.data_ptr()
+
+
+def test_a_subclass_that_changes_the_math_is_not_batched():
+    from eva import Eva
+
+    class Halved(Eva):
+        def precondition(self, layer, state, grad):
+            return super().precondition(layer, state, grad) / 2
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)).double()
+    pre = Halved(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(2):
+        model(torch.randn(3, 4, dtype=torch.float64)).sum().backward()
+        if pre.steps == 0:
+            pre.step()
+    grads = [pre.gradient(layer) for layer in pre.layers]
+    got = pre.precondition_all(pre.layers, grads)
+    want = [
+        Eva.precondition(pre, l, pre.state[l.name], g) / 2
+        for l, g in zip(pre.layers, grads, strict=True)
+    ]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
