@@ -326,7 +326,11 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
                     + ", ".join(f"{x:g} → {y:.2f}%" for x, y in points)
                     + "."
                 )
-        ax.set_xscale("log")
+        if key != "optimizer.running_avg":
+            ax.set_xscale("log", base=2 if key == "trainer.batch_size" else 10)
+        values = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=7)
+        ax.minorticks_off()
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         _legend(ax, fontsize=7)
