@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.preconditioner import Preconditioner, shape_groups
+from eva.preconditioner import Preconditioner
 
 
 class Eva(Preconditioner):
@@ -32,26 +32,10 @@ class Eva(Preconditioner):
         coef = (b @ grad @ a) / (gamma + (a @ a) * (b @ b))
         return (grad - coef * torch.outer(b, a)) / gamma
 
-    def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
-        """Eq. 13 for all layers, layers of equal gradient shape batched into one computation
-        (a ResNet has a handful of distinct shapes): a few batched kernels per shape instead of
-        a few small kernels per layer, the per-step cost that dominates small batches."""
-        if type(self).precondition is not Eva.precondition:  # a subclass changed the math
-            return super().precondition_all(layers, grads)
-        out: list[Tensor] = [grads[0]] * len(grads)
-        gamma = self.damping
-        for members in shape_groups(grads):
-            if len(members) == 1:
-                i = members[0]
-                out[i] = self.precondition(layers[i], self.state[layers[i].name], grads[i])
-                continue
-            g = torch.stack([grads[i] for i in members])  # (k, out, in)
-            a = torch.stack([self.state[layers[i].name]["a_mean"] for i in members])  # (k, in)
-            b = torch.stack([self.state[layers[i].name]["g_mean"] for i in members])  # (k, out)
-            ga = torch.bmm(g, a.unsqueeze(2)).squeeze(2)  # G ā
-            coef = (b * ga).sum(1) / (gamma + (a * a).sum(1) * (b * b).sum(1))
-            p = torch.addcmul(g, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), value=-1)
-            p.div_(gamma)
-            for k, i in enumerate(members):
-                out[i] = p[k]
-        return out
+    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor:
+        """Eq. 13 for ``k`` layers of one shape at once (``grads``: ``(k, out, in)``)."""
+        a, b, gamma = states["a_mean"], states["g_mean"], self.damping
+        ga = torch.bmm(grads, a.unsqueeze(2)).squeeze(2)  # G ā
+        coef = (b * ga).sum(1) / (gamma + (a * a).sum(1) * (b * b).sum(1))
+        p = torch.addcmul(grads, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), value=-1)
+        return p.div_(gamma)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner, shape_groups
+from eva.preconditioner import Options, Preconditioner
 
 
 class EvaF(Preconditioner):
@@ -50,23 +50,10 @@ class EvaF(Preconditioner):
         p = grad - torch.outer(grad @ a, a) / (self.damping + a @ a)
         return p / self.damping if self.divide_by_damping else p
 
-    def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
-        """Eq. 21 for all layers, layers of equal gradient shape batched (as :class:`~eva.Eva`)."""
-        if type(self).precondition is not EvaF.precondition:  # a subclass changed the math
-            return super().precondition_all(layers, grads)
-        out: list[Tensor] = [grads[0]] * len(grads)
-        for members in shape_groups(grads):
-            if len(members) == 1:
-                i = members[0]
-                out[i] = self.precondition(layers[i], self.state[layers[i].name], grads[i])
-                continue
-            g = torch.stack([grads[i] for i in members])  # (k, out, in)
-            a = torch.stack([self.state[layers[i].name]["a_mean"] for i in members])  # (k, in)
-            ga = torch.bmm(g, a.unsqueeze(2))  # (k, out, 1)
-            ga.div_((self.damping + (a * a).sum(1)).view(-1, 1, 1))
-            p = torch.addcmul(g, ga, a.unsqueeze(1), value=-1)
-            if self.divide_by_damping:
-                p.div_(self.damping)
-            for k, i in enumerate(members):
-                out[i] = p[k]
-        return out
+    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor:
+        """Eq. 21 for ``k`` layers of one shape at once (``grads``: ``(k, out, in)``)."""
+        a = states["a_mean"]
+        ga = torch.bmm(grads, a.unsqueeze(2))  # (k, out, 1)
+        ga.div_((self.damping + (a * a).sum(1)).view(-1, 1, 1))
+        p = torch.addcmul(grads, ga, a.unsqueeze(1), value=-1)
+        return p.div_(self.damping) if self.divide_by_damping else p

@@ -49,6 +49,11 @@ def shape_groups(tensors: list[Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _defined_by(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO whose body defines attribute ``name``."""
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
 def _full_precision(device_type: str) -> AbstractContextManager[object]:
     """Statistics are computed outside autocast; no context object when autocast is off."""
     if torch.is_autocast_enabled(device_type):
@@ -378,13 +383,37 @@ class Preconditioner:
         """Return the preconditioned gradient ``p`` for ``grad`` (a new tensor, same shape)."""
         raise NotImplementedError
 
+    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor | None:
+        """:meth:`precondition` of ``k`` layers of one gradient shape at once: ``grads`` is
+        ``(k, out, in)``, ``states`` holds each needed statistic stacked over the layers. Returns
+        ``(k, out, in)``, not aliasing ``grads``; None (this default): no batched form."""
+        return None
+
     def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
-        """:meth:`precondition` of every ready layer this step. Subclasses may batch layers of
-        equal shape here (one kernel launch for many layers); results must not alias ``grads``."""
-        return [
-            self.precondition(layer, self.state[layer.name], g)
-            for layer, g in zip(layers, grads, strict=True)
-        ]
+        """:meth:`precondition` of every ready layer this step; layers of equal gradient shape go
+        through :meth:`precondition_batch` together when the class has a batched form of its own
+        per-layer math (a ResNet has a handful of shapes: a few kernels per shape instead of a few
+        per layer, the fixed per-step cost that dominates small batches)."""
+        cls = type(self)
+        single, batched = _defined_by(cls, "precondition"), _defined_by(cls, "precondition_batch")
+        use_batches = batched is not Preconditioner and issubclass(batched, single)
+        out: list[Tensor] = []
+        results: dict[int, Tensor] = {}
+        for members in shape_groups(grads) if use_batches else []:
+            if len(members) < 2:
+                continue
+            states = {
+                key: torch.stack([self.state[layers[i].name][key] for i in members])
+                for key in self.statistics_needed
+            }
+            p = self.precondition_batch(torch.stack([grads[i] for i in members]), states)
+            if p is not None:
+                results.update((i, p[k]) for k, i in enumerate(members))
+        for i, (layer, g) in enumerate(zip(layers, grads, strict=True)):
+            out.append(
+                results[i] if i in results else self.precondition(layer, self.state[layer.name], g)
+            )
+        return out
 
     def gradient(self, layer: Layer) -> Tensor:
         """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""
