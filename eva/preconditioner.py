@@ -14,7 +14,8 @@ only the statistics the algorithm needs (means or mean outer products, never the
 4. writes the result back into ``.grad`` in place.
 
 An algorithm subclass declares which statistics it needs and implements :meth:`precondition`;
-it may extend :meth:`update_state` (e.g. to refresh inverses).
+it may extend :meth:`update_state` (e.g. to refresh inverses) and give the same equation for a
+stack of equally shaped layers in :meth:`precondition_batch` (Eva, Eva-f).
 """
 
 from __future__ import annotations
