@@ -288,3 +288,18 @@ def test_fig4_shows_each_optimizer_at_its_best_learning_rate(tmp_path):
     assert (
         f"not shown (a better learning rate exists): SGD lr {high['optimizer.lr']} diverged" in md
     )
+
+
+def test_paper_scale_dry_run_prints_torchrun_and_launcher_commands(tmp_path, capsys):
+    """SCALE=paper through torchrun (--nproc) and a Hydra launcher (-o); --dry-run runs nothing."""
+    from scripts.repro import run as repro_run
+
+    layout = Layout(tmp_path, "paper")
+    tgt = target("table4", "paper")
+    repro_run.run_target(tgt, layout, dry_run=True, extra=["hydra/launcher=slurm_8x4"], nproc=4)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == len(tgt.sweeps) == 6
+    for line in lines:
+        assert "-m torch.distributed.run --nproc_per_node=4" in line and "train.py -m" in line
+        assert "hydra/launcher=slurm_8x4" in line and "optimizer=sgd,kfac,eva" in line
+    assert not (tmp_path / "runs").exists()
