@@ -128,8 +128,7 @@ def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> 
 
 
 def fig3(target: Target, runs: list[Run]) -> Drawn:
-    drawn = _loss_and_accuracy(runs, [["foof", "foof_rank1"]], target.title)
-    return drawn
+    return _loss_and_accuracy(runs, [["foof", "foof_rank1"]], target.title)
 
 
 def fig8(target: Target, runs: list[Run]) -> Drawn:
@@ -340,12 +339,7 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
 
 
 BUILDERS: dict[str, Callable[[Target, list[Run]], Drawn]] = {
-    "fig3": fig3,
-    "fig4": fig4,
-    "fig5": fig5,
-    "fig6": fig6,
-    "fig7": fig7,
-    "fig8": fig8,
+    builder.__name__: builder for builder in (fig3, fig4, fig5, fig6, fig7, fig8)
 }
 
 

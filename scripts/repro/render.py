@@ -8,6 +8,7 @@ and what ordering they show. Files are written atomically: a reader never sees h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from harness.records import atomic_write_text
@@ -16,21 +17,11 @@ from scripts.repro.grids import Target
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 
-TITLES = {
-    "table4": "Table 4",
-    "table5": "Table 5",
-    "table6": "Table 6",
-    "table7": "Table 7",
-    "table8": "Table 8",
-    "table9": "Table 9",
-    "table10": "Table 10",
-    "fig3": "Figure 3",
-    "fig4": "Figure 4",
-    "fig5": "Figure 5",
-    "fig6": "Figure 6",
-    "fig7": "Figure 7",
-    "fig8": "Figure 8",
-}
+
+def title(name: str) -> str:
+    """``table4`` → ``Table 4``, ``fig3`` → ``Figure 3``."""
+    kind, number = re.fullmatch(r"([a-z]+)(\d+)", name).groups()  # type: ignore[union-attr]
+    return f"{'Table' if kind == 'table' else 'Figure'} {number}"
 
 
 def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
@@ -50,7 +41,7 @@ def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
 def header(target: Target, runs: list[Run], layout: Layout, notes: list[str]) -> str:
     """The Markdown preamble: title, scale, what ran, command, completeness, what did not run."""
     lines = [
-        f"# {TITLES[target.name]} — {target.title} (SCALE={target.scale})",
+        f"# {title(target.name)} — {target.title} (SCALE={target.scale})",
         "",
         f"**What ran:** {target.what_ran}.",
         "",
@@ -84,7 +75,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
     else:
         paths, findings = figures.draw(target, runs, out)
         written += paths
-        text += f"\n![{TITLES[target.name]}]({target.name}.png)\n"
+        text += f"\n![{title(target.name)}]({target.name}.png)\n"
     if findings:
         text += "\n**What the numbers show:**\n" + "".join(f"- {f}\n" for f in findings)
     text += (

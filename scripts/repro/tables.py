@@ -360,13 +360,8 @@ def table8(target: Target, runs: list[Run], layout: Layout) -> Table:
 
 
 BUILDERS = {
-    "table4": table4,
-    "table5": table5,
-    "table6": table6,
-    "table7": table7,
-    "table8": table8,
-    "table9": table9,
-    "table10": table10,
+    builder.__name__: builder
+    for builder in (table4, table5, table6, table7, table8, table9, table10)
 }
 
 
