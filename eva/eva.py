@@ -32,10 +32,16 @@ class Eva(Preconditioner):
         coef = (b @ grad @ a) / (gamma + (a @ a) * (b @ b))
         return (grad - coef * torch.outer(b, a)) / gamma
 
-    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor:
-        """Eq. 13 for ``k`` layers of one shape at once (``grads``: ``(k, out, in)``)."""
-        a, b, gamma = states["a_mean"], states["g_mean"], self.damping
-        ga = torch.bmm(grads, a.unsqueeze(2)).squeeze(2)  # G ā
-        coef = (b * ga).sum(1) / (gamma + (a * a).sum(1) * (b * b).sum(1))
-        p = torch.addcmul(grads, (b * coef.unsqueeze(1)).unsqueeze(2), a.unsqueeze(1), value=-1)
-        return p.div_(gamma)
+    @property
+    def rank_one_scale(self) -> float:
+        """Eq. 13 as ``P = G/γ + u āᵀ``."""
+        return 1 / self.damping
+
+    def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
+        return state["a_mean"]
+
+    def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
+        """``u = −(b̄ᵀ G ā) / (γ (γ + ‖ā‖²‖b̄‖²)) · b̄`` of Eq. 13."""
+        a, b = state["a_mean"], state["g_mean"]
+        gamma = self.damping
+        return b * ((b @ gv) / (-gamma * (gamma + (a @ a) * (b @ b))))

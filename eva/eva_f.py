@@ -50,10 +50,15 @@ class EvaF(Preconditioner):
         p = grad - torch.outer(grad @ a, a) / (self.damping + a @ a)
         return p / self.damping if self.divide_by_damping else p
 
-    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor:
-        """Eq. 21 for ``k`` layers of one shape at once (``grads``: ``(k, out, in)``)."""
-        a = states["a_mean"]
-        ga = torch.bmm(grads, a.unsqueeze(2))  # (k, out, 1)
-        ga.div_((self.damping + (a * a).sum(1)).view(-1, 1, 1))
-        p = torch.addcmul(grads, ga, a.unsqueeze(1), value=-1)
-        return p.div_(self.damping) if self.divide_by_damping else p
+    @property
+    def rank_one_scale(self) -> float:
+        """Eq. 21 as ``P = s·G + u āᵀ`` (``s = 1/γ`` or 1)."""
+        return 1 / self.damping if self.divide_by_damping else 1.0
+
+    def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
+        return state["a_mean"]
+
+    def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
+        """``u = −s · G ā / (γ + āᵀā)`` of Eq. 21."""
+        a = state["a_mean"]
+        return gv * (-self.rank_one_scale / (self.damping + a @ a))

@@ -25,6 +25,14 @@ def outer(vectors: list[Tensor]) -> Tensor:
     return out
 
 
+def contract(t: Tensor, vectors: list[Tensor]) -> Tensor:
+    """``⟨t, v_1 ∘ ⋯ ∘ v_k⟩`` without forming the outer product: contract the last mode first
+    (one pass over ``t``; every later product is on a tensor ``d_k`` times smaller)."""
+    for v in reversed(vectors):
+        t = t @ v
+    return t
+
+
 class EvaS(Preconditioner):
     """Eva-s (Eq. 23) with grafting to the gradient norm (§4.2).
 
@@ -58,7 +66,8 @@ class EvaS(Preconditioner):
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 23 for one weight tensor."""
         vs = [state[f"v{i}"] for i in range(grad.dim())]
-        v = outer(vs)
         norms = torch.stack([u @ u for u in vs]).prod()
         gamma = self.damping
-        return (grad - (grad * v).sum() / (gamma + norms) * v) / gamma
+        coef = contract(grad, vs) / (gamma + norms)
+        # −coef/γ · v_1 ∘ ⋯ ∘ v_k + G/γ: one pass over G to contract, one to write P
+        return outer([vs[0] * (-coef / gamma), *vs[1:]]).add_(grad, alpha=1 / gamma)

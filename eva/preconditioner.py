@@ -14,8 +14,10 @@ only the statistics the algorithm needs (means or mean outer products, never the
 4. writes the result back into ``.grad`` in place.
 
 An algorithm subclass declares which statistics it needs and implements :meth:`precondition`;
-it may extend :meth:`update_state` (e.g. to refresh inverses) and give the same equation for a
-stack of equally shaped layers in :meth:`precondition_batch` (Eva, Eva-f).
+it may extend :meth:`update_state` (e.g. to refresh inverses). Where its equation is a rank-one
+correction ``P = s·G + u vᵀ`` (Eva, Eva-f) it also says so (:meth:`rank_one_vector`,
+:meth:`rank_one_correction`), and steps 2–4 run in place without forming ``P``
+(:mod:`eva.rank_one`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import Unpack
 
-from eva import statistics
+from eva import rank_one, statistics
 from eva.comm import OverlappedAverage, Reducer, default_reducer
 from eva.layers import Layer, find_layers
 from eva.scaling import SCALINGS, Scaling, apply_scaling
@@ -39,15 +41,6 @@ from eva.statistics import CONV_FACTORS, ConvFactors
 
 INPUT_STATS = ("a_mean", "a_factor")
 GRAD_STATS = frozenset(("g_mean", "g_factor"))
-
-
-def shape_groups(tensors: list[Tensor]) -> list[list[int]]:
-    """Indices of ``tensors`` grouped by (shape, dtype, device), in first-seen order: the layers
-    whose per-layer math can run as one batched computation."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
-    return list(groups.values())
 
 
 def _defined_by(cls: type, name: str) -> type:
@@ -311,8 +304,11 @@ class Preconditioner:
 
     @staticmethod
     def _means(pending: dict[str, list[Any]]) -> dict[str, Tensor]:
-        """The mean over micro-batches of each accumulated statistic (new tensors)."""
-        return {key: total / count for key, (total, count) in pending.items()}
+        """The mean over micro-batches of each accumulated statistic (tensors of this step's
+        own: a single micro-batch's statistic is handed over as it is)."""
+        return {
+            key: total if count == 1 else total / count for key, (total, count) in pending.items()
+        }
 
     def _clear_pending(self) -> None:
         """Forget this step's statistics and hook counts."""
@@ -380,47 +376,79 @@ class Preconditioner:
         for key, value in current.items():
             self.running_average(state, key, value)
 
+    def update_states(
+        self, updates: list[tuple[Layer, dict[str, Tensor], dict[str, Tensor]]]
+    ) -> None:
+        """:meth:`update_state` of every ``(layer, state, current)``; when a class keeps the
+        default Eq. 14–15, all layers' running averages are one ``torch._foreach`` pass."""
+        cls = type(self)
+        if any(_defined_by(cls, m) is not Preconditioner for m in self._UPDATE_METHODS):
+            for layer, state, current in updates:
+                self.update_state(layer, state, current)
+            return
+        old: list[Tensor] = []
+        new: list[Tensor] = []
+        for _, state, current in updates:
+            for key, value in current.items():
+                if key in state:
+                    old.append(state[key])
+                    new.append(value)
+                else:
+                    state[key] = value.clone()
+        if not old:
+            return
+        if self.running_avg is None:
+            torch._foreach_add_(old, new)
+        else:
+            torch._foreach_lerp_(old, new, self.running_avg)
+
+    _UPDATE_METHODS = ("update_state", "running_average")
+
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Return the preconditioned gradient ``p`` for ``grad`` (a new tensor, same shape)."""
         raise NotImplementedError
 
-    def precondition_batch(self, grads: Tensor, states: dict[str, Tensor]) -> Tensor | None:
-        """:meth:`precondition` of ``k`` layers of one gradient shape at once: ``grads`` is
-        ``(k, out, in)``, ``states`` holds each needed statistic stacked over the layers. Returns
-        ``(k, out, in)``, not aliasing ``grads``; None (this default): no batched form."""
-        return None
-
     def precondition_all(self, layers: list[Layer], grads: list[Tensor]) -> list[Tensor]:
-        """:meth:`precondition` of every ready layer this step; layers of equal gradient shape go
-        through :meth:`precondition_batch` together when the class has a batched form of its own
-        per-layer math (a ResNet has a handful of shapes: a few kernels per shape instead of a few
-        per layer, the fixed per-step cost that dominates small batches)."""
+        """:meth:`precondition` of every ready layer this step."""
+        return [
+            self.precondition(layer, self.state[layer.name], g)
+            for layer, g in zip(layers, grads, strict=True)
+        ]
+
+    # optional: P = s·G + u vᵀ (eva.rank_one)
+    @property
+    def rank_one_scale(self) -> float:
+        """``s`` of ``P = s·G + u vᵀ``, the same for every layer."""
+        raise NotImplementedError
+
+    def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
+        """``v`` of ``P = s·G + u vᵀ`` for a layer (length ``d_in`` [+ 1 with a bias])."""
+        raise NotImplementedError
+
+    def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
+        """``u`` of ``P = s·G + u vᵀ`` for a layer, given ``G v``."""
+        raise NotImplementedError
+
+    def _rank_one_applies(self) -> bool:
+        """Whether this step can run in place (:mod:`eva.rank_one`): the class gives the rank-one
+        form of its own :meth:`precondition` (a subclass that changes the math loses it), acts
+        on ``G`` with its bias column, takes no statistics from the gradient, and the scaling
+        depends on ``P`` only through ``Σ pᵀg``."""
         cls = type(self)
-        single, batched = _defined_by(cls, "precondition"), _defined_by(cls, "precondition_batch")
-        use_batches = batched is not Preconditioner and issubclass(batched, single)
-        out: list[Tensor] = []
-        results: dict[int, Tensor] = {}
-        for members in shape_groups(grads) if use_batches else []:
-            if len(members) < 2:
-                continue
-            states = {
-                key: torch.stack([self.state[layers[i].name][key] for i in members])
-                for key in self.statistics_needed
-            }
-            p = self.precondition_batch(torch.stack([grads[i] for i in members]), states)
-            if p is not None:
-                results.update((i, p[k]) for k, i in enumerate(members))
-        for i, (layer, g) in enumerate(zip(layers, grads, strict=True)):
-            out.append(
-                results[i] if i in results else self.precondition(layer, self.state[layer.name], g)
-            )
-        return out
+        form, single = _defined_by(cls, "rank_one_correction"), _defined_by(cls, "precondition")
+        return (
+            form is not Preconditioner
+            and issubclass(form, single)
+            and self.include_bias
+            and _defined_by(cls, "gradient_statistics") is Preconditioner
+            and self.scaling in rank_one.SCALINGS
+        )
 
     def gradient(self, layer: Layer) -> Tensor:
         """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""
         if self.include_bias:
             return layer.grad_matrix()
-        return layer.weight.grad.detach().clone()  # type: ignore[union-attr]
+        return layer.weight.grad.detach()  # type: ignore[union-attr]
 
     def write_gradient(self, layer: Layer, p: Tensor) -> None:
         """Write ``p`` (shaped like :meth:`gradient`) back into the layer's ``.grad``."""
@@ -457,24 +485,32 @@ class Preconditioner:
         current = {}
         if self.statistics_needed and refresh:
             current = self._current_statistics(grad_scale)
-        layers: list[Layer] = []
-        grads: list[Tensor] = []
-        for layer in self.layers:
-            if not layer.has_grad():
-                continue
-            state = self.state[layer.name]
-            g = self.gradient(layer)
-            stats = current.get(layer.name, {}) | self.gradient_statistics(layer, g)
-            if stats:
-                self.update_state(layer, state, stats)
-            if not self.ready(state):
-                continue
-            layers.append(layer)
-            grads.append(g)
-        precond = self.precondition_all(layers, grads)
-        apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
-        for layer, p in zip(layers, precond, strict=True):
-            self.write_gradient(layer, p)
+        present = [layer for layer in self.layers if layer.has_grad()]
+        weights = [rank_one.weight_matrix(x) for x in present] if self._rank_one_applies() else []
+        in_place = (
+            bool(present) and len(weights) == len(present) and all(w is not None for w in weights)
+        )
+        grads = [] if in_place else [self.gradient(layer) for layer in present]
+        self.update_states(
+            [
+                (layer, self.state[layer.name], stats)
+                for i, layer in enumerate(present)
+                if (
+                    stats := current.get(layer.name, {})
+                    | ({} if in_place else self.gradient_statistics(layer, grads[i]))
+                )
+            ]
+        )
+        ready = [i for i, x in enumerate(present) if self.ready(self.state[x.name])]
+        layers = [present[i] for i in ready]
+        if in_place and ready:  # P = s·G + u vᵀ: precondition, scale and write in place
+            rank_one.rank_one_step(self, layers, [weights[i] for i in ready])  # type: ignore[misc]
+        elif ready:
+            grads = [grads[i] for i in ready]
+            precond = self.precondition_all(layers, grads)
+            apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
+            for layer, p in zip(layers, precond, strict=True):
+                self.write_gradient(layer, p)
         self.steps += 1
 
     def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:

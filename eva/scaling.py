@@ -25,18 +25,26 @@ def _kl_size(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
     return torch.stack([torch.vdot(p.flatten(), g.flatten()) for p, g in pairs]).sum()
 
 
+def kl_clip_factor(kl_size: Tensor, lr: float | Tensor, kappa: float) -> Tensor:
+    """ν of Eq. 16 from ``Σ_l p_lᵀ g_l``: ``min(1, sqrt(κ / (α² |Σ pᵀg|)))``; 1 for a zero size."""
+    kl = kl_size.abs() * lr**2
+    return torch.where(kl > 0, torch.sqrt(kappa / kl), torch.ones_like(kl)).clamp(max=1.0)
+
+
+def kl_norm_factor(kl_size: Tensor) -> Tensor:
+    """The factor of KL normalization (§4.1): ``1 / sqrt(|Σ_l p_lᵀ g_l|)``; 1 for a zero size."""
+    kl = kl_size.abs()
+    return torch.where(kl > 0, kl.rsqrt(), torch.ones_like(kl))
+
+
 def kl_clip(precond: list[Tensor], grads: list[Tensor], lr: float | Tensor, kappa: float) -> None:
     """Eq. 16, in place. A zero KL size leaves the step unclipped (ν = 1)."""
-    kl = _kl_size(precond, grads).abs() * lr**2
-    nu = torch.where(kl > 0, torch.sqrt(kappa / kl), torch.ones_like(kl)).clamp(max=1.0)
-    torch._foreach_mul_(precond, nu)
+    torch._foreach_mul_(precond, kl_clip_factor(_kl_size(precond, grads), lr, kappa))
 
 
 def kl_norm(precond: list[Tensor], grads: list[Tensor]) -> None:
     """KL normalization (§4.1), in place: ``p_l / sqrt(Σ p_lᵀ g_l)``; a zero KL size leaves p."""
-    kl = _kl_size(precond, grads).abs()
-    scale = torch.where(kl > 0, kl.rsqrt(), torch.ones_like(kl))
-    torch._foreach_mul_(precond, scale)
+    torch._foreach_mul_(precond, kl_norm_factor(_kl_size(precond, grads)))
 
 
 def graft(precond: list[Tensor], grads: list[Tensor]) -> None:

@@ -54,52 +54,84 @@ def _append_one(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_ones_over_n(n: int, device: Any, dtype: Any) -> Tensor:
+    return torch.full((n,), 1.0 / n, device=device, dtype=dtype)
+
+
 def batch_mean(x: Tensor) -> Tensor:
     """The mean over the first dimension, as one matrix-vector product for contiguous ``x``.
 
     Same math as ``x.mean(dim=0)``; on the CPU the BLAS product streams the batch about a third
     faster than the dim-0 reduction (this pass over every layer's input is most of Eva's cost).
+    Under ``torch.compile`` the plain reduction, which Inductor fuses with the op that produced
+    ``x`` (and a gradient hook may not branch on its argument's layout).
     """
     n = x.shape[0]
-    if not x.is_contiguous() or x.dim() < 2:
+    if _compiling() or x.dim() < 2 or not x.is_contiguous():
         return x.mean(dim=0)
-    return (x.new_full((n,), 1.0 / n) @ x.reshape(n, -1)).view(x.shape[1:])
+    ones = _cached_ones_over_n(n, x.device, x.dtype)
+    return (ones @ x.reshape(n, -1)).view(x.shape[1:])
 
 
-def _taps(
-    size: int, kernel: int, stride: int, dilation: int, padding: int, device: Any, dtype: Any
-) -> tuple[Tensor, int]:
+def _taps(size: int, kernel: int, stride: int, dilation: int, padding: int) -> tuple[Tensor, int]:
     """Along one spatial axis: the ``(kernel, size)`` 0/1 matrix whose entry ``(i, h)`` says that
     kernel tap ``i`` reads input position ``h`` at some output position, and the output length.
-    Positions in the (zero) padding are left out: they add nothing to a sum."""
+    Positions in the (zero) padding match no column: they add nothing to a sum. Built without
+    data-dependent shapes, so that ``torch.compile`` traces it in one graph."""
     out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     taps = torch.arange(kernel).unsqueeze(1) * dilation + torch.arange(out) * stride - padding
-    valid = (taps >= 0) & (taps < size)
-    rows = torch.arange(kernel).unsqueeze(1).expand_as(taps)
-    reads = torch.zeros(kernel, size)
-    reads[rows[valid], taps[valid]] = 1.0
-    return reads.to(device=device, dtype=dtype), out
+    # a tap reads each position at most once (its positions increase with the output index)
+    return (taps.unsqueeze(2) == torch.arange(size)).sum(1).double(), out
 
 
-_cached_taps = functools.lru_cache(maxsize=1024)(_taps)
-"""Eager calls reuse the tap matrices; under ``torch.compile`` they are built in the graph."""
+PATCH_MATRIX_MAX = 1 << 20
+"""Largest ``H·W·kh·kw`` for which :func:`patch_mean` uses one cached ``(H·W, kh·kw)`` matrix
+(4 MiB in float32; every CIFAR layer and the interior layers of ImageNet networks)."""
+
+
+def _patch_operators(
+    geometry: tuple[tuple[int, int, int, int, int], ...], device: Any, dtype: Any
+) -> tuple[Tensor, ...]:
+    """The linear maps from one ``(C, H, W)`` image to its mean im2col patch (see
+    :func:`patch_mean`): the ``(H·W, kh·kw)`` matrix ``(Rᵀ ⊗ Sᵀ) / L`` when it is small, else
+    the two axis matrices ``R / L`` and ``S``."""
+    (rows, oh), (cols, ow) = (_taps(*g) for g in geometry)
+    rows = rows / (oh * ow)
+    if rows.numel() * cols.numel() <= PATCH_MATRIX_MAX:
+        return (torch.kron(rows.t(), cols.t()).to(device=device, dtype=dtype),)
+    return rows.to(device=device, dtype=dtype), cols.t().to(device=device, dtype=dtype)
+
+
+_cached_patch_operators = functools.lru_cache(maxsize=1024)(_patch_operators)
+"""Eager calls reuse the matrices; under ``torch.compile`` they are built (and folded) in the
+graph."""
 
 
 def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     """The mean im2col patch of one ``(C, H, W)`` image, without unfolding it.
 
     Entry ``(c, i, j)`` is the mean over output positions of the padded input at row
-    ``i·dilation + oh·stride`` and column ``j·dilation + ow·stride``, i.e. ``R · image[c] · Sᵀ``
-    with ``R``/``S`` the 0/1 "tap reads position" matrices of the two axes (cached per geometry):
-    two small matrix products instead of a ``(C·kh·kw) × L`` patch matrix. Numeric zero padding
-    only; other paddings unfold.
+    ``i·dilation + oh·stride`` and column ``j·dilation + ow·stride``, i.e. ``R · image[c] · Sᵀ / L``
+    with ``R``/``S`` the 0/1 "tap reads position" matrices of the two axes and ``L`` the number
+    of output positions. Flattened over ``(h, w)`` that is one product ``image · (Rᵀ ⊗ Sᵀ) / L``
+    with a small cached ``(H·W, kh·kw)`` matrix; for large images and kernels (a ViT patch
+    embedding) the two axis products instead. Numeric zero padding only; other paddings unfold.
     """
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
-    geometry = zip(image.shape[1:], conv.kernel_size, conv.stride, conv.dilation, conv.padding)
-    taps = _taps if torch.compiler.is_compiling() else _cached_taps
-    (rows, oh), (cols, ow) = (taps(*g, image.device, image.dtype) for g in geometry)
-    return (rows @ image @ cols.t()).reshape(-1) / (oh * ow)
+    c, h, w = image.shape
+    geometry = tuple(zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding))
+    build = _patch_operators if _compiling() else _cached_patch_operators
+    operators = build(geometry, image.device, image.dtype)  # type: ignore[arg-type]
+    if len(operators) == 1:
+        return (image.reshape(c, h * w) @ operators[0]).reshape(-1)
+    rows, cols_t = operators
+    return (rows @ image @ cols_t).reshape(-1)
 
 
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:

@@ -41,6 +41,7 @@ import argparse
 import copy
 import datetime as dt
 import gc
+import importlib
 import json
 import math
 import os
@@ -136,12 +137,24 @@ TIMED_METHODS = (
     ("_grad_hook", "backward hooks"),
     ("_current_statistics", "reduce statistics"),
     ("gradient_statistics", "gradient statistics"),
-    ("update_state", "update state"),
+    ("update_states", "update state"),
     ("gradient", "gather gradients"),
-    ("precondition", "precondition"),
+    ("precondition_all", "precondition"),
     ("write_gradient", "write back"),
 )
-"""Preconditioner methods wrapped by the phase timer, and the phase each one is counted in."""
+"""Preconditioner methods wrapped by the phase timer, and the phase each one is counted in.
+``precondition`` and ``update_state`` themselves are not wrapped: the step looks at which class
+defines them to choose its in-place and ``torch._foreach`` paths."""
+
+OVERRIDES_ONLY = frozenset({"gradient_statistics"})
+"""Wrapped only where the algorithm overrides the base class's (same reason)."""
+
+TIMED_FUNCTIONS = (
+    ("eva.preconditioner", "apply_scaling", "scaling"),
+    ("eva.rank_one", "rank_one_step", "precondition"),
+)
+"""Module functions timed as a phase: the scaling of the generic path, and the in-place step of
+Eva and Eva-f (precondition, scaling and write-back in one)."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -831,30 +844,38 @@ def timed_subclass(cls: type[eva.Preconditioner], timer: PhaseTimer) -> type[eva
         timed.__name__ = method
         return timed
 
-    namespace = {m: wrap(m, phase) for m, phase in TIMED_METHODS if hasattr(cls, m)}
+    base = eva.Preconditioner
+    namespace = {
+        m: wrap(m, phase)
+        for m, phase in TIMED_METHODS
+        if hasattr(cls, m) and (m not in OVERRIDES_ONLY or getattr(cls, m) is not getattr(base, m))
+    }
     subclass = type(f"Timed{cls.__name__}", (cls,), namespace)
     return subclass
 
 
 @contextmanager
-def timed_scaling(timer: PhaseTimer) -> Iterator[None]:
-    """Count ``eva.preconditioner.apply_scaling`` as the ``scaling`` phase while active."""
-    import eva.preconditioner as module
-
-    original = getattr(module, "apply_scaling", None)
-    if original is None:
-        yield
-        return
-
-    def apply_scaling(*args: Any, **kwargs: Any) -> Any:
-        with timer.section("scaling"):
-            return original(*args, **kwargs)
-
-    module.apply_scaling = apply_scaling
+def timed_functions(timer: PhaseTimer) -> Iterator[None]:
+    """Count the module functions of :data:`TIMED_FUNCTIONS` as their phases while active."""
+    originals = []
+    for module_name, name, phase in TIMED_FUNCTIONS:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        originals.append((module, name, original))
+        setattr(module, name, _timed_function(original, timer, phase))
     try:
         yield
     finally:
-        module.apply_scaling = original
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def _timed_function(fn: Callable[..., Any], timer: PhaseTimer, phase: str) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        with timer.section(phase):
+            return fn(*args, **kwargs)
+
+    return timed
 
 
 def profiled_step(c: Contender, x: Tensor, y: Tensor, loss_fn: Callable, timer: PhaseTimer) -> None:
@@ -890,7 +911,7 @@ def profile_phases(
         label, copy.deepcopy(initial).to(device), args.mfac_grads, preconditioner_class=subclass
     )
     samples: dict[str, list[dict[str, float]]] = {"sgd": [], label: []}
-    with timed_scaling(timer):
+    with timed_functions(timer):
         for r in range(args.warmup + args.profile_steps):
             order = [sgd, algo] if r % 2 == 0 else [algo, sgd]
             x, y = batches[r % len(batches)]

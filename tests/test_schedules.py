@@ -98,13 +98,14 @@ def test_unknown_name_is_a_value_error_naming_the_key():
 def test_kl_clipping_reads_the_scheduled_lr(monkeypatch):
     """The α of Eq. 16 is ``param_groups[0]["lr"]`` at each step: it follows the schedule."""
     seen: list[float] = []
-    original = eva.preconditioner.apply_scaling
+    original = eva.scaling.kl_clip_factor
 
-    def spy(scaling, precond, grads, lr, kappa):
+    def spy(kl_size, lr, kappa):
         seen.append(float(lr))
-        return original(scaling, precond, grads, lr, kappa)
+        return original(kl_size, lr, kappa)
 
-    monkeypatch.setattr(eva.preconditioner, "apply_scaling", spy)
+    for module in (eva.scaling, eva.rank_one):  # the generic and the in-place step
+        monkeypatch.setattr(module, "kl_clip_factor", spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
