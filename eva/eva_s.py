@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -11,10 +12,22 @@ from eva.layers import Layer
 from eva.preconditioner import Options, Preconditioner
 
 
+def _each_mode_mean(t: Tensor) -> list[Tensor]:
+    dims = range(t.dim())
+    return [t.mean(dim=[j for j in dims if j != i]) if t.dim() > 1 else t for i in dims]
+
+
 def mode_means(grad: Tensor) -> list[Tensor]:
-    """``v_i = mean_{-i}(G)``: the mean of the gradient tensor over all dimensions but ``i``."""
-    dims = range(grad.dim())
-    return [grad.mean(dim=[j for j in dims if j != i]) for i in dims]
+    """``v_i = mean_{-i}(G)``: the mean of the gradient tensor over all dimensions but ``i``.
+
+    Two passes over ``G`` whatever its order: seen as a matrix (leading dimensions × trailing
+    ones), its row means hold every leading mode's mean and its column means every trailing
+    one's (means of equal-sized groups), which the small tensors then give.
+    """
+    split = max(grad.dim() // 2, 1)
+    lead, trail = grad.shape[:split], grad.shape[split:]
+    flat = grad.reshape(math.prod(lead), -1)
+    return [*_each_mode_mean(flat.mean(1).view(lead)), *_each_mode_mean(flat.mean(0).view(trail))]
 
 
 def outer(vectors: list[Tensor]) -> Tensor:
@@ -71,3 +84,21 @@ class EvaS(Preconditioner):
         coef = contract(grad, vs) / (gamma + norms)
         # −coef/γ · v_1 ∘ ⋯ ∘ v_k + G/γ: one pass over G to contract, one to write P
         return outer([vs[0] * (-coef / gamma), *vs[1:]]).add_(grad, alpha=1 / gamma)
+
+    # Eq. 23 with G as the (d_1, d_2·…·d_k) matrix: P = G/γ + u vᵀ, v = v_2 ∘ ⋯ ∘ v_k
+    @property
+    def rank_one_scale(self) -> float:
+        return 1 / self.damping
+
+    @staticmethod
+    def _vectors(state: dict[str, Tensor]) -> list[Tensor]:
+        return [state[f"v{i}"] for i in range(sum(key[0] == "v" for key in state))]
+
+    def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
+        return outer(self._vectors(state)[1:]).flatten()
+
+    def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
+        """``u = −⟨G, v_1 ∘ ⋯ ∘ v_k⟩ / (γ (γ + Π‖v_i‖²)) · v_1``."""
+        vs = self._vectors(state)
+        norms = torch.stack([u @ u for u in vs]).prod()
+        return vs[0] * ((vs[0] @ gv) / (-self.damping * (self.damping + norms)))

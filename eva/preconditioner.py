@@ -430,19 +430,11 @@ class Preconditioner:
         raise NotImplementedError
 
     def _rank_one_applies(self) -> bool:
-        """Whether this step can run in place (:mod:`eva.rank_one`): the class gives the rank-one
-        form of its own :meth:`precondition` (a subclass that changes the math loses it), acts
-        on ``G`` with its bias column, takes no statistics from the gradient, and the scaling
-        depends on ``P`` only through ``Σ pᵀg``."""
+        """Whether the step runs in place (:mod:`eva.rank_one`): the class gives the rank-one
+        form of its own :meth:`precondition` (a subclass that changes the math loses it)."""
         cls = type(self)
         form, single = _defined_by(cls, "rank_one_correction"), _defined_by(cls, "precondition")
-        return (
-            form is not Preconditioner
-            and issubclass(form, single)
-            and self.include_bias
-            and _defined_by(cls, "gradient_statistics") is Preconditioner
-            and self.scaling in rank_one.SCALINGS
-        )
+        return form is not Preconditioner and issubclass(form, single)
 
     def gradient(self, layer: Layer) -> Tensor:
         """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""
@@ -490,14 +482,15 @@ class Preconditioner:
         in_place = (
             bool(present) and len(weights) == len(present) and all(w is not None for w in weights)
         )
-        grads = [] if in_place else [self.gradient(layer) for layer in present]
+        gradient_stats = _defined_by(type(self), "gradient_statistics") is not Preconditioner
+        grads = [self.gradient(x) for x in present] if gradient_stats or not in_place else []
         self.update_states(
             [
                 (layer, self.state[layer.name], stats)
                 for i, layer in enumerate(present)
                 if (
                     stats := current.get(layer.name, {})
-                    | ({} if in_place else self.gradient_statistics(layer, grads[i]))
+                    | (self.gradient_statistics(layer, grads[i]) if gradient_stats else {})
                 )
             ]
         )

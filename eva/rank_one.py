@@ -1,20 +1,24 @@
 """The step of algorithms whose preconditioned gradient is a rank-one correction of ``G``.
 
-Eva (Eq. 13) and Eva-f (Eq. 21) precondition every layer as::
+Eva (Eq. 13), Eva-f (Eq. 21) and Eva-s (Eq. 23, with ``G`` seen as a ``(d_1, d_2·…·d_k)``
+matrix) precondition every layer as::
 
     P = s·G + u vᵀ
 
-with a scalar ``s`` shared by all layers (``1/γ`` or 1), ``v`` from the layer's state (``ā``) and
-``u`` from ``G v`` (and the state). The step then needs ``G`` only through ``G v`` and ``‖G‖²``:
+with a scalar ``s`` shared by all layers (``1/γ`` or 1), ``v`` from the layer's state (``ā``, or
+``v_2 ∘ ⋯ ∘ v_k``) and ``u`` from ``G v`` (and the state). The step then needs ``G`` only through
+``G v`` and ``‖G‖²``:
 
 - the KL size of Eq. 16 / §4.1 is ``Σ_l p_lᵀ g_l = s Σ_l ‖G_l‖² + Σ_l u_lᵀ (G_l v_l)``;
-- the scaled update ``ν P`` is written into ``.grad`` in place: ``G ← (ν s) G``, then
-  ``G += (ν u) vᵀ``.
+- grafting (§4.2) needs ``‖P_l‖² = s²‖G_l‖² + 2s u_lᵀ(G_l v_l) + ‖u_l‖²‖v_l‖²``;
+- the scaled update ``f P`` is written into ``.grad`` in place: ``G ← (f s) G``, then
+  ``G += (f u) vᵀ``.
 
-So no ``P`` is ever formed: one read of every gradient for ``G v``, one for the norms, and two
-in-place passes, each a single ``torch._foreach`` call over all layers (the generic path stacks,
-copies and rescales every gradient several times). ``G`` includes the bias column (§2.1): the
-bias gradient is read and updated beside the weight gradient, never concatenated.
+So no ``P`` is ever formed or allocated: one read of every gradient for ``G v``, one for the
+norms, and two in-place passes, each a single ``torch._foreach`` call over all layers (the
+generic path allocates, copies and rescales every gradient several times). With
+``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
+the weight gradient, never concatenated.
 """
 
 from __future__ import annotations
@@ -25,13 +29,10 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.scaling import kl_clip_factor, kl_norm_factor
+from eva.scaling import graft_factor, kl_clip_factor, kl_norm_factor
 
 if TYPE_CHECKING:
     from eva.preconditioner import Preconditioner
-
-SCALINGS = ("kl_clip", "kl_norm", None)
-"""The step-size controls that depend on ``P`` only through ``Σ pᵀg``."""
 
 
 def weight_matrix(layer: Layer) -> Tensor | None:
@@ -43,11 +44,10 @@ def weight_matrix(layer: Layer) -> Tensor | None:
     return grad.view(grad.shape[0], -1)
 
 
-def grad_times(layer: Layer, weight: Tensor, v: Tensor) -> Tensor:
-    """``G v`` for the layer's ``G = [weight | bias]`` without forming ``G``."""
-    if not layer.has_bias:
+def grad_times(weight: Tensor, bias: Tensor | None, v: Tensor) -> Tensor:
+    """``G v`` for ``G = [weight | bias]`` (or ``weight``) without forming ``G``."""
+    if bias is None:
         return weight @ v
-    bias = layer.module.bias.grad  # type: ignore[union-attr]
     return torch.addmv(bias * v[-1], weight, v[:-1])
 
 
@@ -55,31 +55,52 @@ def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor
     """Precondition, scale and write back every layer of ``layers`` (all ready, with weight
     gradients viewed as matrices in ``weights``) in place."""
     scale = pre.rank_one_scale
-    vs = [pre.rank_one_vector(pre.state[layer.name]) for layer in layers]
-    gvs = [grad_times(layer, w, v) for layer, w, v in zip(layers, weights, vs, strict=True)]
-    us = [
-        pre.rank_one_correction(pre.state[layer.name], gv)
-        for layer, gv in zip(layers, gvs, strict=True)
+    states = [pre.state[layer.name] for layer in layers]
+    biases = [
+        layer.module.bias.grad if pre.include_bias and layer.has_bias else None  # type: ignore[union-attr]
+        for layer in layers
     ]
-    biases = [layer.module.bias.grad for layer in layers if layer.has_bias]
-    with_bias = [i for i, layer in enumerate(layers) if layer.has_bias]
-    grads: list[Tensor] = [*weights, *biases]  # type: ignore[list-item]
+    vs = [pre.rank_one_vector(state) for state in states]
+    gvs = [grad_times(w, b, v) for w, b, v in zip(weights, biases, vs, strict=True)]
+    us = [pre.rank_one_correction(state, gv) for state, gv in zip(states, gvs, strict=True)]
+    with_bias = [i for i, b in enumerate(biases) if b is not None]
+    grads: list[Tensor] = [*weights, *(biases[i] for i in with_bias)]  # type: ignore[misc]
 
-    factor: Tensor | float = 1.0
+    factors: list[Tensor] | Tensor | float = 1.0
     if pre.scaling is not None and not (pre.scaling == "kl_clip" and pre.kl_clip is None):
-        norms = torch.stack(torch._foreach_norm(grads))
-        kl = scale * norms.square().sum() + torch.cat(us) @ torch.cat(gvs)  # Σ_l p_lᵀ g_l
-        if pre.scaling == "kl_clip":
-            factor = kl_clip_factor(kl, pre.lr, pre.kl_clip)  # type: ignore[arg-type]
+        none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
+        g_sq = (
+            torch.stack(torch._foreach_norm(weights)).square()
+            + torch.stack(torch._foreach_norm([none if b is None else b for b in biases])).square()
+        )  # ‖G_l‖²
+        ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])  # u_lᵀ G_l v_l
+        if pre.scaling == "graft":
+            uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
+            p_sq = scale**2 * g_sq + 2 * scale * ugv + uv_sq
+            factors = list(graft_factor(p_sq.sqrt(), g_sq.sqrt()).unbind())
         else:
-            factor = kl_norm_factor(kl)
+            kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
+            if pre.scaling == "kl_clip":
+                factors = kl_clip_factor(kl, pre.lr, pre.kl_clip)  # type: ignore[arg-type]
+            else:
+                factors = kl_norm_factor(kl)
 
-    torch._foreach_mul_(grads, factor * scale)
-    us = torch._foreach_mul(us, factor) if isinstance(factor, Tensor) else us
+    if isinstance(factors, list):  # one factor per layer (its bias too)
+        torch._foreach_mul_(
+            grads, [f * scale for f in [*factors, *(factors[i] for i in with_bias)]]
+        )
+        us = torch._foreach_mul(us, factors)
+    else:
+        torch._foreach_mul_(grads, factors * scale)
+        us = torch._foreach_mul(us, factors) if isinstance(factors, Tensor) else us
     torch._foreach_addcmul_(
         weights,
         [u.unsqueeze(1) for u in us],
         [v[: w.shape[1]].unsqueeze(0) for v, w in zip(vs, weights, strict=True)],
     )
-    if biases:
-        torch._foreach_addcmul_(biases, [us[i] for i in with_bias], [vs[i][-1:] for i in with_bias])
+    if with_bias:
+        torch._foreach_addcmul_(
+            [biases[i] for i in with_bias],  # type: ignore[misc]
+            [us[i] for i in with_bias],
+            [vs[i][-1:] for i in with_bias],
+        )

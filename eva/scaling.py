@@ -47,12 +47,17 @@ def kl_norm(precond: list[Tensor], grads: list[Tensor]) -> None:
     torch._foreach_mul_(precond, kl_norm_factor(_kl_size(precond, grads)))
 
 
+def graft_factor(p_norm: Tensor, g_norm: Tensor) -> Tensor:
+    """The factor of grafting (§4.2): ``‖g‖ / ‖p‖``; 1 where ``p`` is zero."""
+    return torch.where(p_norm > 0, g_norm / p_norm, torch.ones_like(p_norm))
+
+
 def graft(precond: list[Tensor], grads: list[Tensor]) -> None:
     """Grafting to the gradient norm (§4.2), in place: each ``p_l`` times ``‖g_l‖ / ‖p_l‖``."""
     p_norms = torch._foreach_norm(precond)
     g_norms = torch._foreach_norm(grads)
     for p, pn, gn in zip(precond, p_norms, g_norms, strict=True):
-        p.mul_(torch.where(pn > 0, gn / pn, torch.ones_like(pn)))
+        p.mul_(graft_factor(pn, gn))
 
 
 def apply_scaling(

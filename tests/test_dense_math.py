@@ -175,6 +175,19 @@ def test_eva_s_equals_dense(xi: float | None) -> None:
         scaling=None)  # fmt: skip
 
 
+@pytest.mark.parametrize("shape", [(4, 6), (3, 4, 5), (6, 5, 3, 2), (2, 3, 4, 5, 2)])
+def test_mode_means_are_the_means_over_all_other_dimensions(shape: tuple[int, ...]) -> None:
+    from eva.eva_s import mode_means
+
+    g = torch.randn(*shape, dtype=torch.float64)
+    if g.dim() == 4:
+        g = g.to(memory_format=torch.channels_last)
+    got = mode_means(g)
+    assert len(got) == g.dim()
+    for i, v in enumerate(got):
+        torch.testing.assert_close(v, g.movedim(i, 0).flatten(1).mean(dim=1), rtol=1e-12, atol=0)
+
+
 def test_eva_s_grafting() -> None:
     run(EvaS, eva_s_reference(None, 0.03), weight_only=True, ref_scaling="graft")
 

@@ -58,8 +58,11 @@ CASES = [
     (eva.Eva, {"scaling": "kl_norm"}),
     (eva.Eva, {"kl_clip": None}),
     (eva.Eva, {"kl_clip": 1e-9}),  # clipping active
+    (eva.Eva, {"scaling": "graft"}),
     (eva.EvaF, {}),
     (eva.EvaF, {"divide_by_damping": True, "scaling": "kl_clip"}),
+    (eva.EvaS, {}),  # grafting, running sums, weights only (G as (d_1, d_2·…·d_k))
+    (eva.EvaS, {"running_avg": 0.9, "scaling": "kl_clip", "kl_clip": 1e-9}),
 ]
 
 
@@ -99,16 +102,16 @@ def test_channels_last_gradients_take_the_generic_path(monkeypatch) -> None:
                 torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
-def test_grafting_or_changed_math_takes_the_generic_path() -> None:
+def test_changed_math_or_other_algorithms_take_the_generic_path() -> None:
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    assert eva.Eva(model, optimizer)._rank_one_applies()
-    assert not eva.Eva(model, optimizer, scaling="graft")._rank_one_applies()
+    for name in ("eva", "eva_f", "eva_s"):
+        assert eva.PRECONDITIONERS[name](model, optimizer)._rank_one_applies()
 
     class Halved(eva.Eva):
         def precondition(self, layer, state, grad):
             return super().precondition(layer, state, grad) / 2
 
     assert not Halved(model, optimizer)._rank_one_applies()
-    for name in ("eva_s", "kfac", "foof", "shampoo", "mfac"):
+    for name in ("kfac", "foof", "shampoo", "mfac"):
         assert not eva.PRECONDITIONERS[name](model, optimizer)._rank_one_applies()
