@@ -15,9 +15,10 @@ only the statistics the algorithm needs (means or mean outer products, never the
 
 An algorithm subclass declares which statistics it needs and implements :meth:`precondition`;
 it may extend :meth:`update_state` (e.g. to refresh inverses). Where its equation is a rank-one
-correction ``P = s·G + u vᵀ`` (Eva, Eva-f) it also says so (:meth:`rank_one_vector`,
-:meth:`rank_one_correction`), and steps 2–4 run in place without forming ``P``
-(:mod:`eva.rank_one`).
+correction ``P = s·G + u vᵀ`` (Eva, Eva-f, Eva-s) it also says so (:attr:`rank_one_scale`,
+:meth:`rank_one_vector`, :meth:`rank_one_correction`), and steps 2–4 run in place without
+forming ``P`` (:mod:`eva.rank_one`); :meth:`precondition` stays the reference (tests compare the
+two paths) and serves layouts the in-place path does not take (channels-last gradients).
 """
 
 from __future__ import annotations

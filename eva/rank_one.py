@@ -76,7 +76,7 @@ def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor
         ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])  # u_lᵀ G_l v_l
         if pre.scaling == "graft":
             uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
-            p_sq = scale**2 * g_sq + 2 * scale * ugv + uv_sq
+            p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq).clamp(min=0)  # ≥ 0 but rounded
             factors = list(graft_factor(p_sq.sqrt(), g_sq.sqrt()).unbind())
         else:
             kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l

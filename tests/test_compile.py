@@ -47,3 +47,22 @@ def test_compiled_model_gives_eager_gradients(name: str) -> None:
     for eager_step, compiled_step in zip(*grads, strict=True):
         for want, got in zip(eager_step, compiled_step, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_hooked_model_recompiles_after_a_plain_instance_with_hook_guards(monkeypatch) -> None:
+    """Dynamo does not guard on module hooks by default, so code compiled for another instance
+    of the same class before the hooks existed could run without them (README: build the
+    preconditioner first, or turn the hook guards on). With the guards on, the hooked instance
+    gets its own code and its statistics are collected."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 6, 6, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    torch.compile(_model(), backend="aot_eager")(x)  # compiled before any hook exists
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre = eva.Eva(model, optimizer)
+    F.cross_entropy(torch.compile(model, backend="aot_eager")(x), y).backward()
+    pre.step()
+    for layer in pre.layers:
+        assert set(pre.state[layer.name]) == {"a_mean", "g_mean"}, layer.name
