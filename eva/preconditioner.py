@@ -377,6 +377,9 @@ class Preconditioner:
         for key, value in current.items():
             self.running_average(state, key, value)
 
+    _UPDATE_METHODS = ("update_state", "running_average")
+    """Methods whose base-class definitions make :meth:`update_states` one foreach pass."""
+
     def update_states(
         self, updates: list[tuple[Layer, dict[str, Tensor], dict[str, Tensor]]]
     ) -> None:
@@ -402,8 +405,6 @@ class Preconditioner:
             torch._foreach_add_(old, new)
         else:
             torch._foreach_lerp_(old, new, self.running_avg)
-
-    _UPDATE_METHODS = ("update_state", "running_average")
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Return the preconditioned gradient ``p`` for ``grad`` (a new tensor, same shape)."""
