@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# GPU checks in one go, for a CUDA machine whose python3 already has torch and timm:
+#   bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]
+# 1. tests/test_cuda.py (CPU-equal results, no host sync in a step, bf16 autocast, inductor);
+# 2. the step-time benchmark (make bench's models and optimizers) on the GPU, one record per model
+#    so that a model cut off by its time limit leaves the other's record whole.
+# Everything lands in OUT_DIR/gpu-check.tar.gz (logs, records, profiles).
+set -u
+out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]}
+limit=${2:-190}
+work=$(mktemp -d)
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+    $py -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"
+} 2>&1 | tee "$work/env.txt"
+
+timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_cuda.py \
+    >"$work/test_cuda.log" 2>&1
+echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
+
+tag=$($py -c "import torch; n = torch.cuda.get_device_name().lower(); \
+print('cuda-' + ''.join(c if c.isalnum() else '-' for c in n).strip('-'))")
+for model in resnet110 vgg19; do
+    profile=$([ "$model" = resnet110 ] && echo resnet110 || echo "")
+    timeout "$limit" $py scripts/bench.py --models "$model" --profile-models "$profile" \
+        --out "$work" --name "steptime-$tag-$model" >"$work/bench-$model.log" 2>&1
+    echo "bench $model exit $?"
+    grep -A 16 "^| optimizer" "$work/steptime-$tag-$model.md" 2>/dev/null
+done
+tar -C "$work" -czf "$out/gpu-check.tar.gz" .
+ls -la "$work"
