@@ -7,6 +7,7 @@ from torch import Tensor
 
 from eva.layers import Layer
 from eva.preconditioner import Preconditioner
+from eva.rank_one import row_dot
 
 
 class Eva(Preconditioner):
@@ -24,6 +25,7 @@ class Eva(Preconditioner):
     """
 
     statistics_needed = ("a_mean", "g_mean")
+    rank_one_batched = True
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 13 for one layer."""
@@ -44,4 +46,4 @@ class Eva(Preconditioner):
         """``u = −(b̄ᵀ G ā) / (γ (γ + ‖ā‖²‖b̄‖²)) · b̄`` of Eq. 13."""
         a, b = state["a_mean"], state["g_mean"]
         gamma = self.damping
-        return b * ((b @ gv) / (-gamma * (gamma + (a @ a) * (b @ b))))
+        return b * (row_dot(b, gv) / (-gamma * (gamma + row_dot(a, a) * row_dot(b, b))))

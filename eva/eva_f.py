@@ -10,6 +10,7 @@ from typing_extensions import Unpack
 
 from eva.layers import Layer
 from eva.preconditioner import Options, Preconditioner
+from eva.rank_one import row_dot
 
 
 class EvaF(Preconditioner):
@@ -32,6 +33,7 @@ class EvaF(Preconditioner):
 
     defaults: ClassVar[Options] = {"scaling": "kl_norm"}
     statistics_needed = ("a_mean",)
+    rank_one_batched = True
 
     def __init__(
         self,
@@ -61,4 +63,4 @@ class EvaF(Preconditioner):
     def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
         """``u = −s · G ā / (γ + āᵀā)`` of Eq. 21."""
         a = state["a_mean"]
-        return gv * (-self.rank_one_scale / (self.damping + a @ a))
+        return gv * (-self.rank_one_scale / (self.damping + row_dot(a, a)))

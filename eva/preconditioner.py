@@ -170,6 +170,11 @@ class Preconditioner:
     """``True``: the layer's gradient is the matrix ``G`` with the bias column; ``False``: the
     weight gradient as its own tensor (bias left first-order)."""
     allow_running_sum: ClassVar[bool] = False
+    rank_one_batched: ClassVar[bool] = False
+    """``True``: :meth:`rank_one_vector` and :meth:`rank_one_correction` also take every layer at
+    once, each state entry (and ``G v``) an ``(L, m)`` stack of zero-padded rows, and give stacks
+    with zero padding (:func:`eva.rank_one.row_dot` for the dot products). A subclass that
+    redefines either method without setting it again runs layer by layer."""
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Unpack[Options]
@@ -220,6 +225,7 @@ class Preconditioner:
         self.steps = 0
         self.state: dict[str, dict[str, Tensor]] = {layer.name: {} for layer in self.layers}
         self._pending: dict[str, dict[str, list[Any]]] = {layer.name: {} for layer in self.layers}
+        self._rank_one_rows: dict[tuple, Any] = {}  # eva.rank_one's stacks, kept between steps
         self.overlap_comm: bool = opts["overlap_comm"]
         self._overlap: OverlappedAverage | None = None
         if self.overlap_comm and self.statistics_needed and self.reducer.world_size > 1:
@@ -437,6 +443,14 @@ class Preconditioner:
         cls = type(self)
         form, single = _defined_by(cls, "rank_one_correction"), _defined_by(cls, "precondition")
         return form is not Preconditioner and issubclass(form, single)
+
+    def _rank_one_batched(self) -> bool:
+        """Whether :attr:`rank_one_batched` was set where the rank-one form was defined (or
+        below)."""
+        cls = type(self)
+        flag = _defined_by(cls, "rank_one_batched")
+        form = (_defined_by(cls, m) for m in ("rank_one_vector", "rank_one_correction"))
+        return cls.rank_one_batched and all(issubclass(flag, f) for f in form)
 
     def gradient(self, layer: Layer) -> Tensor:
         """The gradient the algorithm acts on: ``G`` with bias column, or the weight tensor."""

@@ -44,40 +44,111 @@ def weight_matrix(layer: Layer) -> Tensor | None:
     return grad.view(grad.shape[0], -1)
 
 
-def grad_times(weight: Tensor, bias: Tensor | None, v: Tensor) -> Tensor:
-    """``G v`` for ``G = [weight | bias]`` (or ``weight``) without forming ``G``."""
+def grad_times(weight: Tensor, bias: Tensor | None, v: Tensor, out: Tensor | None = None) -> Tensor:
+    """``G v`` for ``G = [weight | bias]`` (or ``weight``) without forming ``G`` (into ``out``
+    when given)."""
     if bias is None:
-        return weight @ v
-    return torch.addmv(bias * v[-1], weight, v[:-1])
+        return torch.mv(weight, v, out=out)
+    return torch.addmv(bias * v[-1], weight, v[:-1], out=out)
+
+
+def row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``xᵀy`` with a trailing size-1 dimension, for vectors or row by row for stacks of them: the
+    same equation code serves one layer (1-D) and all layers at once (zero-padded rows, see
+    :attr:`~eva.preconditioner.Preconditioner.rank_one_batched`)."""
+    return (x * y).sum(-1, keepdim=True)
+
+
+class _Rows:
+    """A zero matrix whose row ``i`` starts with layer ``i``'s vector: per-layer vectors of
+    different lengths as one ``(L, max length)`` tensor. The padding is never written, so it
+    stays zero; the matrix and its row views are kept from step to step."""
+
+    def __init__(self, lengths: list[int], like: Tensor) -> None:
+        self.matrix = like.new_zeros(len(lengths), max(lengths))
+        self.rows = [row[:n] for row, n in zip(self.matrix, lengths, strict=True)]
+
+
+def _rows(pre: Preconditioner, tag: str, lengths: list[int], like: Tensor) -> _Rows:
+    """The cached :class:`_Rows` for ``tag`` (a state key, or ``G v``) and these lengths."""
+    key = (tag, tuple(lengths), like.dtype, like.device)
+    rows = pre._rank_one_rows.get(key)
+    if rows is None:
+        if len(pre._rank_one_rows) >= 32:  # the set of layers keeps changing: keep the latest
+            pre._rank_one_rows.clear()
+        rows = pre._rank_one_rows[key] = _Rows(lengths, like)
+    return rows
+
+
+def _stacked(
+    pre: Preconditioner, states: list[dict[str, Tensor]], weights: list[Tensor]
+) -> tuple[dict[str, Tensor], Tensor] | None:
+    """Every state key as an ``(L, m)`` zero-padded stack (one ``_foreach_copy_`` per key), and
+    the zero ``(L, max d_out)`` matrix that ``G v`` is written into; None when the states are not
+    all vectors with the same keys."""
+    keys = states[0].keys()
+    if any(s.keys() != keys or any(t.dim() != 1 for t in s.values()) for s in states):
+        return None
+    stacked = {}
+    for key in keys:
+        vectors = [s[key] for s in states]
+        rows = _rows(pre, key, [t.numel() for t in vectors], vectors[0])
+        torch._foreach_copy_(rows.rows, vectors)
+        stacked[key] = rows.matrix
+    gv = _rows(pre, "G v", [w.shape[0] for w in weights], weights[0]).matrix
+    return stacked, gv
 
 
 def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor]) -> None:
     """Precondition, scale and write back every layer of ``layers`` (all ready, with weight
-    gradients viewed as matrices in ``weights``) in place."""
+    gradients viewed as matrices in ``weights``) in place.
+
+    With :attr:`~eva.preconditioner.Preconditioner.rank_one_batched`, ``v``, ``u`` and every
+    per-layer scalar are computed for all layers at once on zero-padded stacks: a fixed number of
+    kernels whatever the number of layers, plus one ``G v`` product per layer (on a GPU the step
+    is bound by kernel launches, not arithmetic). Otherwise layer by layer.
+    """
     scale = pre.rank_one_scale
     states = [pre.state[layer.name] for layer in layers]
     biases = [
         layer.module.bias.grad if pre.include_bias and layer.has_bias else None  # type: ignore[union-attr]
         for layer in layers
     ]
-    vs = [pre.rank_one_vector(state) for state in states]
-    gvs = [grad_times(w, b, v) for w, b, v in zip(weights, biases, vs, strict=True)]
-    us = [pre.rank_one_correction(state, gv) for state, gv in zip(states, gvs, strict=True)]
     with_bias = [i for i, b in enumerate(biases) if b is not None]
     grads: list[Tensor] = [*weights, *(biases[i] for i in with_bias)]  # type: ignore[misc]
+    d_in = [w.shape[1] + (b is not None) for w, b in zip(weights, biases, strict=True)]
+    batched = pre._rank_one_batched() and _stacked(pre, states, weights)
+    if batched:
+        stacked, gv_matrix = batched
+        v_matrix = pre.rank_one_vector(stacked)
+        vs = [row[:n] for row, n in zip(v_matrix, d_in, strict=True)]
+        gvs = [row[: w.shape[0]] for row, w in zip(gv_matrix, weights, strict=True)]
+        for w, b, v, out in zip(weights, biases, vs, gvs, strict=True):
+            grad_times(w, b, v, out=out)
+        u_matrix = pre.rank_one_correction(stacked, gv_matrix)
+    else:
+        vs = [pre.rank_one_vector(state) for state in states]
+        gvs = [grad_times(w, b, v) for w, b, v in zip(weights, biases, vs, strict=True)]
+        us = [pre.rank_one_correction(state, gv) for state, gv in zip(states, gvs, strict=True)]
 
-    factors: list[Tensor] | Tensor | float = 1.0
+    factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
     if pre.scaling is not None and not (pre.scaling == "kl_clip" and pre.kl_clip is None):
         none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
         g_sq = (
             torch.stack(torch._foreach_norm(weights)).square()
             + torch.stack(torch._foreach_norm([none if b is None else b for b in biases])).square()
         )  # ‖G_l‖²
-        ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])  # u_lᵀ G_l v_l
+        if batched:
+            ugv = row_dot(u_matrix, gv_matrix)[:, 0]  # u_lᵀ G_l v_l
+        else:
+            ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])
         if pre.scaling == "graft":
-            uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
+            if batched:
+                uv_sq = (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0]
+            else:
+                uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
             p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq).clamp(min=0)  # ≥ 0 but rounded
-            factors = list(graft_factor(p_sq.sqrt(), g_sq.sqrt()).unbind())
+            factors = graft_factor(p_sq.sqrt(), g_sq.sqrt())
         else:
             kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
             if pre.scaling == "kl_clip":
@@ -85,14 +156,17 @@ def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor
             else:
                 factors = kl_norm_factor(kl)
 
-    if isinstance(factors, list):  # one factor per layer (its bias too)
-        torch._foreach_mul_(
-            grads, [f * scale for f in [*factors, *(factors[i] for i in with_bias)]]
-        )
-        us = torch._foreach_mul(us, factors)
+    if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
+        each = (factors * scale).unbind()
+        torch._foreach_mul_(grads, [*each, *(each[i] for i in with_bias)])
     else:
         torch._foreach_mul_(grads, factors * scale)
-        us = torch._foreach_mul(us, factors) if isinstance(factors, Tensor) else us
+    if batched:
+        if isinstance(factors, Tensor):
+            u_matrix = u_matrix * (factors[:, None] if factors.dim() == 1 else factors)
+        us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
+    elif isinstance(factors, Tensor):
+        us = torch._foreach_mul(us, list(factors.unbind()) if factors.dim() == 1 else factors)
     torch._foreach_addcmul_(
         weights,
         [u.unsqueeze(1) for u in us],

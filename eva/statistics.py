@@ -78,15 +78,19 @@ def batch_mean(x: Tensor) -> Tensor:
     return (ones @ x.reshape(n, -1)).view(x.shape[1:])
 
 
-def _taps(size: int, kernel: int, stride: int, dilation: int, padding: int) -> tuple[Tensor, int]:
+def _taps(
+    size: int, kernel: int, stride: int, dilation: int, padding: int, device: Any = None
+) -> tuple[Tensor, int]:
     """Along one spatial axis: the ``(kernel, size)`` 0/1 matrix whose entry ``(i, h)`` says that
     kernel tap ``i`` reads input position ``h`` at some output position, and the output length.
     Positions in the (zero) padding match no column: they add nothing to a sum. Built without
-    data-dependent shapes, so that ``torch.compile`` traces it in one graph."""
+    data-dependent shapes, so that ``torch.compile`` traces it in one graph, and on ``device``
+    itself: no host-to-device copy, so no host synchronisation even on first use."""
     out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    taps = torch.arange(kernel).unsqueeze(1) * dilation + torch.arange(out) * stride - padding
+    kernel_taps = torch.arange(kernel, device=device).unsqueeze(1) * dilation
+    taps = kernel_taps + torch.arange(out, device=device) * stride - padding
     # a tap reads each position at most once (its positions increase with the output index)
-    return (taps.unsqueeze(2) == torch.arange(size)).sum(1).double(), out
+    return (taps.unsqueeze(2) == torch.arange(size, device=device)).sum(1), out
 
 
 PATCH_MATRIX_MAX = 1 << 20
@@ -100,11 +104,11 @@ def _patch_operators(
     """The linear maps from one ``(C, H, W)`` image to its mean im2col patch (see
     :func:`patch_mean`): the ``(H·W, kh·kw)`` matrix ``(Rᵀ ⊗ Sᵀ) / L`` when it is small, else
     the two axis matrices ``R / L`` and ``S``."""
-    (rows, oh), (cols, ow) = (_taps(*g) for g in geometry)
-    rows = rows / (oh * ow)
+    (rows, oh), (cols, ow) = (_taps(*g, device=device) for g in geometry)
+    rows, cols = rows.to(dtype) / (oh * ow), cols.to(dtype)
     if rows.numel() * cols.numel() <= PATCH_MATRIX_MAX:
-        return (torch.kron(rows.t(), cols.t()).to(device=device, dtype=dtype),)
-    return rows.to(device=device, dtype=dtype), cols.t().to(device=device, dtype=dtype)
+        return (torch.kron(rows.t(), cols.t()),)
+    return rows, cols.t()
 
 
 _cached_patch_operators = functools.lru_cache(maxsize=1024)(_patch_operators)

@@ -132,7 +132,7 @@ def render_step_time(record: dict[str, Any]) -> str:
         lines += _model_table(model, entry, peak_kind, machine)
     for model, entry in record["models"].items():
         for label, prof in entry.get("profile", {}).items():
-            lines += render_profile(model, label, prof)
+            lines += render_profile(model, label, prof, cuda=machine["device"] != "cpu")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -215,7 +215,9 @@ def _model_table(
     return lines
 
 
-def render_profile(model: str, label: str, prof: dict[str, Any]) -> list[str]:
+def render_profile(
+    model: str, label: str, prof: dict[str, Any], cuda: bool = False
+) -> list[str]:
     """Markdown for one phase profile (``label`` against SGD on ``model``)."""
     sgd, algo = prof["sgd_ms"], prof["algo_ms"]
     lines = [
@@ -246,6 +248,14 @@ def render_profile(model: str, label: str, prof: dict[str, Any]) -> list[str]:
         "The timers themselves cost a little (they are off in the step-time table).",
         "",
     ]
+    if cuda:
+        lines += [
+            "On CUDA every timer synchronises the device, so the CPU no longer runs ahead of the "
+            "GPU: each phase shows its launch work plus its own kernels, serialised, and the "
+            "total exceeds the unprofiled step time of the table above. The torch.profiler "
+            "table gives each kernel's GPU time.",
+            "",
+        ]
     if prof.get("torch_profile"):
         lines += [f"torch.profiler table of two {label} steps: `{prof['torch_profile']}`", ""]
     return lines

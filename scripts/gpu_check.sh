@@ -24,8 +24,9 @@ echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
 tag=$($py -c "import torch; n = torch.cuda.get_device_name().lower(); \
 print('cuda-' + ''.join(c if c.isalnum() else '-' for c in n).strip('-'))")
 for model in resnet110 vgg19; do
-    profile=$([ "$model" = resnet110 ] && echo resnet110 || echo "")
-    timeout "$limit" $py scripts/bench.py --models "$model" --profile-models "$profile" \
+    # phase profiles: Eva, Eva-f and Eva-s on ResNet-110, Eva on VGG-19
+    profile=$([ "$model" = resnet110 ] && echo eva,eva_f,eva_s || echo eva)
+    timeout "$limit" $py scripts/bench.py --models "$model" --profile-optimizers "$profile" \
         --out "$work" --name "steptime-$tag-$model" >"$work/bench-$model.log" 2>&1
     echo "bench $model exit $?"
     grep -A 16 "^| optimizer" "$work/steptime-$tag-$model.md" 2>/dev/null

@@ -115,3 +115,52 @@ def test_changed_math_or_other_algorithms_take_the_generic_path() -> None:
     assert not Halved(model, optimizer)._rank_one_applies()
     for name in ("kfac", "foof", "shampoo", "mfac"):
         assert not eva.PRECONDITIONERS[name](model, optimizer)._rank_one_applies()
+
+
+def test_eva_and_eva_f_step_all_layers_at_once_eva_s_layer_by_layer() -> None:
+    """Eva and Eva-f take the batched form (zero-padded stacks kept between steps); Eva-s, whose
+    layers have different numbers of mode vectors, and a subclass that redefines the rank-one
+    form without declaring it batched go layer by layer, with the same result."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert eva.Eva(model, optimizer)._rank_one_batched()
+    assert eva.EvaF(model, optimizer)._rank_one_batched()
+    assert not eva.EvaS(model, optimizer)._rank_one_batched()
+
+    class Unbatched(eva.Eva):
+        def rank_one_correction(self, state, gv):
+            a, b = state["a_mean"], state["g_mean"]
+            gamma = self.damping
+            return b * ((b @ gv) / (-gamma * (gamma + (a @ a) * (b @ b))))
+
+    assert not Unbatched(model, optimizer)._rank_one_batched()
+    for cls in (eva.Eva, Unbatched):
+        got = _run(cls, {}, generic=False)
+        want = _run(eva.Eva, {}, generic=True)
+        for got_step, want_step in zip(got, want, strict=True):
+            for g, w in zip(got_step, want_step, strict=True):
+                if w is not None:
+                    torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre = eva.Eva(model, optimizer)
+    x, y = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        pre.step()
+    stacks = dict(pre._rank_one_rows)
+    assert {key[0] for key in stacks} == {"a_mean", "g_mean", "G v"}
+    for (tag, lengths, *_), rows in stacks.items():
+        for row, n in zip(rows.matrix, lengths, strict=True):
+            assert not row[n:].any(), tag  # padding never written
+        if tag != "G v":
+            for layer, row in zip(pre.layers, rows.rows, strict=True):
+                torch.testing.assert_close(row, pre.state[layer.name][tag], rtol=0, atol=0)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    pre.step()
+    assert all(pre._rank_one_rows[key] is stacks[key] for key in stacks)  # reused, not rebuilt
