@@ -215,9 +215,7 @@ def _model_table(
     return lines
 
 
-def render_profile(
-    model: str, label: str, prof: dict[str, Any], cuda: bool = False
-) -> list[str]:
+def render_profile(model: str, label: str, prof: dict[str, Any], cuda: bool = False) -> list[str]:
     """Markdown for one phase profile (``label`` against SGD on ``model``)."""
     sgd, algo = prof["sgd_ms"], prof["algo_ms"]
     lines = [
