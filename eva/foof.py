@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
-from eva.kfac import damped_inverse
+from eva.kfac import damped_inverses
 from eva.layers import Layer
 from eva.preconditioner import Options, Preconditioner
 
@@ -46,17 +46,22 @@ class FOOF(Preconditioner):
         super().__init__(model, optimizer, **options)
         self.rank = rank
 
-    def update_state(
-        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    def update_states(
+        self, updates: list[tuple[Layer, dict[str, Tensor], dict[str, Tensor]]]
     ) -> None:
-        """Running-average ``R``, then refresh its damped inverse or its top eigenpair."""
-        super().update_state(layer, state, current)
-        r = state["a_factor"]
+        """Running-average ``R``, then refresh its damped inverse (equal small sizes in one
+        batched call) or its top eigenpair."""
+        super().update_states(updates)
+        states = [state for _, state, _ in updates]
         if self.rank == 1:
-            eigvals, eigvecs = torch.linalg.eigh(r)
-            state["eigval"], state["eigvec"] = eigvals[-1], eigvecs[:, -1].clone()
-        else:
-            state["r_inv"] = damped_inverse(r, self.damping)
+            for state in states:
+                eigvals, eigvecs = torch.linalg.eigh(state["a_factor"])
+                state["eigval"], state["eigvec"] = eigvals[-1], eigvecs[:, -1].clone()
+            return
+        factors = [state["a_factor"] for state in states]
+        inverses = damped_inverses(factors, [self.damping] * len(factors))
+        for state, inverse in zip(states, inverses, strict=True):
+            state["r_inv"] = inverse
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 6 (or Eq. 26 with ``rank=1``) for one layer."""
