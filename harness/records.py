@@ -36,7 +36,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """The current commit hash (with ``-dirty`` when the tree has changes), or ``None``."""
+    """The current commit hash (with ``-dirty`` when the tree has changes), or ``None``.
+
+    ``EVA_GIT_COMMIT``, when set, is taken as is: for a copy of the tree whose ``.git`` is not
+    the one it came from (e.g. a GPU machine that receives the working files only).
+    """
+    given = os.environ.get("EVA_GIT_COMMIT")
+    if given:
+        return given
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

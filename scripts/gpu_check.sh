@@ -4,7 +4,8 @@
 # 1. tests/test_cuda.py (CPU-equal results, no host sync in a step, bf16 autocast, inductor);
 # 2. the step-time benchmark (make bench's models and optimizers) on the GPU, one record per model
 #    so that a model cut off by its time limit leaves the other's record whole.
-# Everything lands in OUT_DIR/gpu-check.tar.gz (logs, records, profiles).
+# Everything lands in OUT_DIR/gpu-check.tar.gz (logs, records, profiles). Where the copy's .git is
+# not the tree's own, give the commit: EVA_GIT_COMMIT=<hash> bash scripts/gpu_check.sh OUT_DIR
 set -u
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]}
 limit=${2:-190}

@@ -106,10 +106,16 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     assert files(tmp_path) == ["record.json"]
 
 
-def test_git_commit_is_a_hash_or_none(tmp_path):
+def test_git_commit_is_a_hash_or_none(tmp_path, monkeypatch):
+    monkeypatch.delenv("EVA_GIT_COMMIT", raising=False)
     commit = harness.records.git_commit()
     assert commit is None or len(commit.removesuffix("-dirty")) == 40
     assert harness.records.git_commit(tmp_path) is None  # not a repository
+
+
+def test_git_commit_given_by_the_environment_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVA_GIT_COMMIT", "0123abc")
+    assert harness.records.git_commit(tmp_path) == "0123abc"
 
 
 # ---------------------------------------------------------------------------- checkpoints
