@@ -19,6 +19,11 @@ norms, and two in-place passes, each a single ``torch._foreach`` call over all l
 generic path allocates, copies and rescales every gradient several times). With
 ``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
 the weight gradient, never concatenated.
+
+Where ``u`` and ``v`` come from per-layer dot products (Eva, Eva-f), those are computed for all
+layers at once: the layers' vectors are kept as rows of zero-padded matrices, and the equation,
+written with :func:`row_dot`, runs once on the matrices (a GPU step is bound by the number of
+kernels it launches, not by this arithmetic).
 """
 
 from __future__ import annotations
