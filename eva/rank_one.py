@@ -90,17 +90,22 @@ def _stacked(
 ) -> tuple[dict[str, Tensor], Tensor] | None:
     """Every state key as an ``(L, m)`` zero-padded stack (one ``_foreach_copy_`` per key), and
     the zero ``(L, max d_out)`` matrix that ``G v`` is written into; None when the states are not
-    all vectors with the same keys."""
+    all vectors with the same keys, or the layers do not share one dtype and device."""
     keys = states[0].keys()
-    if any(s.keys() != keys or any(t.dim() != 1 for t in s.values()) for s in states):
+    like = weights[0]
+    if any(w.dtype != like.dtype or w.device != like.device for w in weights) or any(
+        s.keys() != keys
+        or any(t.dim() != 1 or t.dtype != like.dtype or t.device != like.device for t in s.values())
+        for s in states
+    ):
         return None
     stacked = {}
     for key in keys:
         vectors = [s[key] for s in states]
-        rows = _rows(pre, key, [t.numel() for t in vectors], vectors[0])
+        rows = _rows(pre, key, [t.numel() for t in vectors], like)
         torch._foreach_copy_(rows.rows, vectors)
         stacked[key] = rows.matrix
-    gv = _rows(pre, "G v", [w.shape[0] for w in weights], weights[0]).matrix
+    gv = _rows(pre, "G v", [w.shape[0] for w in weights], like).matrix
     return stacked, gv
 
 

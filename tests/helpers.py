@@ -151,3 +151,35 @@ def assert_params_equal(a: nn.Module, b: nn.Module) -> None:
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs: max |Δ| = {(sa[k] - sb[k]).abs().max()}"
+
+
+def preconditioned_grads(
+    model: nn.Module,
+    name: str,
+    batches: Iterable[Batch],
+    wrap: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = None,
+) -> list[list[Tensor]]:
+    """Each step's preconditioned gradients of ``model`` under registered preconditioner
+    ``name`` (refreshing every step, SGD with momentum), the forward run through ``wrap(model)``
+    when given (e.g. ``torch.compile``)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pre = eva.PRECONDITIONERS[name](model, optimizer, update_interval=1)
+    net = wrap(model) if wrap is not None else model
+    steps = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        pre.step()
+        steps.append([p.grad.clone() for p in model.parameters()])  # type: ignore[union-attr]
+        optimizer.step()
+    return steps
+
+
+def assert_runs_close(got: list[list[Any]], want: list[list[Any]], **tolerance: float) -> None:
+    """Step by step, tensor by tensor ``assert_close`` (``None`` where the other is ``None``)."""
+    for got_step, want_step in zip(got, want, strict=True):
+        for g, w in zip(got_step, want_step, strict=True):
+            if w is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, w, **tolerance)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import eva
+from tests.helpers import assert_runs_close, preconditioned_grads
 
 
 def _model() -> nn.Module:
@@ -30,23 +31,11 @@ def test_compiled_model_gives_eager_gradients(name: str) -> None:
         (torch.randn(8, 3, 6, 6, generator=gen), torch.randint(0, 5, (8,), generator=gen))
         for _ in range(3)
     ]
-    grads = []
-    for compiled in (False, True):
-        model = _model()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        pre = eva.PRECONDITIONERS[name](model, optimizer, update_interval=1)
-        net = torch.compile(model, backend="aot_eager") if compiled else model
-        steps = []
-        for x, y in batches:
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            pre.step()
-            steps.append([p.grad.clone() for p in model.parameters()])
-            optimizer.step()
-        grads.append(steps)
-    for eager_step, compiled_step in zip(*grads, strict=True):
-        for want, got in zip(eager_step, compiled_step, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    eager = preconditioned_grads(_model(), name, batches)
+    compiled = preconditioned_grads(
+        _model(), name, batches, lambda m: torch.compile(m, backend="aot_eager")
+    )
+    assert_runs_close(compiled, eager, rtol=1e-5, atol=1e-7)
 
 
 def test_hooked_model_recompiles_after_a_plain_instance_with_hook_guards(monkeypatch) -> None:

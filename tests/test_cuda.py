@@ -12,16 +12,17 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import eva
 from tests.helpers import (
     STABLE_KWARGS,
     TinyCNN,
+    assert_runs_close,
     build,
     copy_model,
     image_batches,
     make_model,
+    preconditioned_grads,
     registry_names,
     sgd,
     train_steps,
@@ -119,20 +120,7 @@ def test_inductor_compiled_model_gives_eager_gradients(name: str, exact_float32:
         for _ in range(3)
     ]
     runs = []
-    for compiled in (False, True):
+    for wrap in (None, torch.compile):
         torch.manual_seed(0)
-        model = TinyCNN().to(CUDA)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        pre = eva.PRECONDITIONERS[name](model, optimizer, update_interval=1)
-        net: nn.Module = torch.compile(model) if compiled else model  # type: ignore[assignment]
-        steps = []
-        for x, y in batches:
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            pre.step()
-            steps.append([p.grad.clone() for p in model.parameters()])
-            optimizer.step()
-        runs.append(steps)
-    for eager_step, compiled_step in zip(*runs, strict=True):
-        for want, got in zip(eager_step, compiled_step, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        runs.append(preconditioned_grads(TinyCNN().to(CUDA), name, batches, wrap))
+    assert_runs_close(runs[1], runs[0], rtol=1e-4, atol=1e-6)

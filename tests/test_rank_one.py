@@ -10,6 +10,7 @@ from torch import nn
 
 import eva
 from eva import rank_one
+from tests.helpers import assert_runs_close
 
 
 def _model(channels_last: bool = False) -> nn.Module:
@@ -74,12 +75,7 @@ def test_in_place_step_equals_the_generic_path(cls, options, monkeypatch) -> Non
     assert len(calls) == 3  # every step went through the in-place path
     want = _run(cls, options, generic=True)
     assert len(calls) == 3
-    for got_step, want_step in zip(got, want, strict=True):
-        for g, w in zip(got_step, want_step, strict=True):
-            if w is None:
-                assert g is None
-            else:
-                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    assert_runs_close(got, want, rtol=1e-12, atol=1e-14)
 
 
 def _spy(fn, calls: list):
@@ -95,11 +91,7 @@ def test_channels_last_gradients_take_the_generic_path(monkeypatch) -> None:
     monkeypatch.setattr(rank_one, "rank_one_step", _spy(rank_one.rank_one_step, calls))
     got = _run(eva.Eva, {}, generic=False, channels_last=True)
     assert not calls
-    want = _run(eva.Eva, {}, generic=True)
-    for got_step, want_step in zip(got, want, strict=True):
-        for g, w in zip(got_step, want_step, strict=True):
-            if w is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_runs_close(got, _run(eva.Eva, {}, generic=True), rtol=1e-10, atol=1e-12)
 
 
 def test_changed_math_or_other_algorithms_take_the_generic_path() -> None:
@@ -136,11 +128,7 @@ def test_eva_and_eva_f_step_all_layers_at_once_eva_s_layer_by_layer() -> None:
     assert not Unbatched(model, optimizer)._rank_one_batched()
     for cls in (eva.Eva, Unbatched):
         got = _run(cls, {}, generic=False)
-        want = _run(eva.Eva, {}, generic=True)
-        for got_step, want_step in zip(got, want, strict=True):
-            for g, w in zip(got_step, want_step, strict=True):
-                if w is not None:
-                    torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+        assert_runs_close(got, _run(eva.Eva, {}, generic=True), rtol=1e-12, atol=1e-14)
 
 
 def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
@@ -164,3 +152,40 @@ def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
     F.cross_entropy(model(x), y).backward()
     pre.step()
     assert all(pre._rank_one_rows[key] is stacks[key] for key in stacks)  # reused, not rebuilt
+
+
+class _MixedPrecision(nn.Module):
+    """A float64 layer feeding a float32 one: no common dtype to stack the layers in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 5).double()
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)).float())
+
+
+def test_layers_of_different_dtypes_step_layer_by_layer() -> None:
+    runs = []
+    for generic in (False, True):
+        cls = eva.Eva
+        if generic:
+            cls = type("GenericEva", (cls,), {"_rank_one_applies": lambda self: False})
+        torch.manual_seed(0)
+        model = _MixedPrecision()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        pre = cls(model, optimizer)
+        gen = torch.Generator().manual_seed(2)
+        steps = []
+        for _ in range(2):
+            x = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+            y = torch.randint(0, 3, (5,), generator=gen)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            pre.step()
+            steps.append([p.grad.clone() for p in model.parameters()])
+            optimizer.step()
+        assert not pre._rank_one_rows  # never stacked
+        runs.append(steps)
+    assert_runs_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
