@@ -59,6 +59,8 @@ class FOOF(Preconditioner):
                 state["eigval"], state["eigvec"] = eigvals[-1], eigvecs[:, -1].clone()
             return
         factors = [state["a_factor"] for state in states]
+        for state in states:  # free the old inverses first: peak memory holds one set
+            state.pop("r_inv", None)
         inverses = damped_inverses(factors, [self.damping] * len(factors))
         for state, inverse in zip(states, inverses, strict=True):
             state["r_inv"] = inverse

@@ -118,6 +118,9 @@ class KFAC(Preconditioner):
             if self.use_damping_split
             else [1.0] * len(states)
         )
+        for state in states:  # free the old inverses first: peak memory holds one set
+            state.pop("q_inv", None)
+            state.pop("r_inv", None)
         inverses = damped_inverses(
             [*qs, *rs], [*(root / pi for pi in pis), *(root * pi for pi in pis)]
         )
