@@ -27,8 +27,8 @@ STACKED_INVERSE_MAX = {"cuda": 1024, "cpu": 256}
 """Per device type, the largest factor size that :func:`damped_inverses` inverts in stacks of
 equal sizes (one batched Cholesky), where that measured faster per matrix
 (``scripts/bench_inverse.py``, ``results/bench/inverse-*.md``): on an H200 2–3× at sizes
-64–256 and 1.2× at 1024, slower from 2304 on; on this project's 2-core CPU 1.5× at 144, even at
-288, slower at 576. Other devices: the CPU's."""
+64–256 and 1.2× at 1024, slower from 2304 on; on this project's 2-core CPU 2.8× at 64, 1.4× at
+144, 1.1× at 256, slower from 288 on. Other devices: the CPU's."""
 
 
 def damped_inverses(factors: list[Tensor], dampings: list[Tensor | float]) -> list[Tensor]:

@@ -22,8 +22,8 @@ timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_cud
     >"$work/test_cuda.log" 2>&1
 echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
 
-tag=$($py -c "import torch; n = torch.cuda.get_device_name().lower(); \
-print('cuda-' + ''.join(c if c.isalnum() else '-' for c in n).strip('-'))")
+tag=$(PYTHONPATH=.:scripts $py -c "import torch; from bench import device_tag; \
+print(device_tag(torch.device('cuda')))")
 for model in resnet110 vgg19; do
     # phase profiles: Eva, Eva-f and Eva-s on ResNet-110, Eva on VGG-19
     profile=$([ "$model" = resnet110 ] && echo eva,eva_f,eva_s || echo eva)
