@@ -35,6 +35,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import Unpack
 
 from eva import rank_one, statistics
+from eva.batchnorm import BatchNormFollowers, FollowedOutput
 from eva.comm import OverlappedAverage, Reducer, default_reducer
 from eva.layers import Layer, find_layers
 from eva.scaling import SCALINGS, Scaling, apply_scaling
@@ -236,6 +237,10 @@ class Preconditioner:
         self._grads_expected = dict.fromkeys(self._pending, 0)
         self._grads_seen = dict.fromkeys(self._pending, 0)
         self._handles: list[RemovableHandle] = []
+        # b̄ = 0 without reading the gradient where a BatchNorm alone takes a layer's output
+        self._batchnorm: BatchNormFollowers | None = None
+        if "g_mean" in self.statistics_needed and "g_factor" not in self.statistics_needed:
+            self._batchnorm = BatchNormFollowers(model)
         if self.statistics_needed:
             for layer in self.layers:
                 self._handles.append(
@@ -275,7 +280,10 @@ class Preconditioner:
             self._input_statistics(layer, module, inputs[0])
         grad_stats = not GRAD_STATS.isdisjoint(self.statistics_needed)
         if output.requires_grad and (grad_stats or self._overlap is not None):
-            output.register_hook(partial(self._grad_hook, layer))
+            followed = None
+            if self._batchnorm is not None and not statistics.compiling():
+                followed = self._batchnorm.expect(output, layer.is_conv)
+            output.register_hook(partial(self._grad_hook, layer, followed))
             # a forward run by the autograd engine is an activation-checkpointing recompute,
             # whose output gradient may never be computed (non-reentrant checkpoints)
             if self._overlap is not None and torch._C._current_graph_task_id() == -1:
@@ -290,9 +298,16 @@ class Preconditioner:
             factor = statistics.input_factor(module, x, bias, self.conv_factors)
             self._accumulate(layer, "a_factor", factor)
 
-    def _grad_hook(self, layer: Layer, grad_output: Tensor) -> None:
+    def _grad_hook(
+        self, layer: Layer, followed: FollowedOutput | None, grad_output: Tensor
+    ) -> None:
+        zero_mean = (
+            followed is not None
+            and followed.take_is_zero_mean(grad_output)
+            and (self.stat_batch is None or grad_output.shape[0] <= self.stat_batch)
+        )
         with _full_precision(grad_output.device.type):
-            self._grad_statistics(layer, grad_output)
+            self._grad_statistics(layer, grad_output, zero_mean)
         if self._overlap is not None:
             self._send_if_complete(self._overlap, layer.name)
 
@@ -323,7 +338,13 @@ class Preconditioner:
             pending.clear()
             self._grads_expected[name] = self._grads_seen[name] = 0
 
-    def _grad_statistics(self, layer: Layer, grad_output: Tensor) -> None:
+    def _grad_statistics(self, layer: Layer, grad_output: Tensor, zero_mean: bool = False) -> None:
+        """``zero_mean``: b̄ is zero by construction (:mod:`eva.batchnorm`), not computed."""
+        if zero_mean:
+            width = grad_output.shape[1]
+            zero = grad_output.new_zeros(width, dtype=layer.weight.dtype)
+            self._accumulate(layer, "g_mean", zero)
+            return
         gy = self._prepare(layer, grad_output)
         if "g_mean" in self.statistics_needed:
             self._accumulate(layer, "g_mean", statistics.grad_mean(layer.module, gy))
@@ -564,6 +585,8 @@ class Preconditioner:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._batchnorm is not None:
+            self._batchnorm.remove()
 
     def __repr__(self) -> str:
         return (

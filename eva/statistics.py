@@ -54,7 +54,8 @@ def _append_one(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the calling code."""
     return torch.compiler.is_compiling()
 
 
@@ -72,7 +73,7 @@ def batch_mean(x: Tensor) -> Tensor:
     ``x`` (and a gradient hook may not branch on its argument's layout).
     """
     n = x.shape[0]
-    if _compiling() or x.dim() < 2 or not x.is_contiguous():
+    if compiling() or x.dim() < 2 or not x.is_contiguous():
         return x.mean(dim=0)
     ones = _cached_ones_over_n(n, x.device, x.dtype)
     return (ones @ x.reshape(n, -1)).view(x.shape[1:])
@@ -130,7 +131,7 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
     c, h, w = image.shape
     geometry = tuple(zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding))
-    build = _patch_operators if _compiling() else _cached_patch_operators
+    build = _patch_operators if compiling() else _cached_patch_operators
     operators = build(geometry, image.device, image.dtype)  # type: ignore[arg-type]
     if len(operators) == 1:
         return (image.reshape(c, h * w) @ operators[0]).reshape(-1)
