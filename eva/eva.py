@@ -19,7 +19,9 @@ class Eva(Preconditioner):
         P = (G − (b̄ᵀ G ā) / (γ + ‖ā‖²‖b̄‖²) · b̄ āᵀ) / γ
 
     then every layer's ``P`` is scaled by ν of Eq. 16 with α = the optimizer's current lr.
-    Paper and authors' code agree here. All arguments are the shared ones of
+    Paper and authors' code agree here. A layer whose output feeds only a BatchNorm in training
+    mode has b̄ = 0 exactly, so ``P = G/γ`` there; its b̄ is then recorded as zero without
+    reading the gradient (:mod:`eva.batchnorm`). All arguments are the shared ones of
     :class:`~eva.preconditioner.Preconditioner` (defaults: damping 0.03, running_avg 0.95,
     kl_clip 0.001, scaling ``"kl_clip"``, update_interval 1).
     """

@@ -16,7 +16,9 @@ with a scalar ``s`` shared by all layers (``1/γ`` or 1), ``v`` from the layer's
 
 So no ``P`` is ever formed or allocated: one read of every gradient for ``G v``, one for the
 norms, and two in-place passes, each a single ``torch._foreach`` call over all layers (the
-generic path allocates, copies and rescales every gradient several times). With
+generic path allocates, copies and rescales every gradient several times). On the CPU, where
+the factors' values cost no device synchronisation, the two passes are one ``addmm_`` per layer
+and the norms BLAS dot products (:data:`CPU_FORMS`). With
 ``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
 the weight gradient, never concatenated.
 
@@ -62,6 +64,47 @@ def row_dot(x: Tensor, y: Tensor) -> Tensor:
     same equation code serves one layer (1-D) and all layers at once (zero-padded rows, see
     :attr:`~eva.preconditioner.Preconditioner.rank_one_batched`)."""
     return (x * y).sum(-1, keepdim=True)
+
+
+CPU_FORMS = True
+"""On CPU tensors, take the forms that are faster there (BLAS dot products for the norms, one fused
+``addmm_`` pass for the write-back); ``False`` runs the accelerator forms (``torch._foreach``
+kernels, no host values) everywhere. The tests run both and compare."""
+
+
+def _cpu_forms(t: Tensor) -> bool:
+    return CPU_FORMS and t.device.type == "cpu"
+
+
+def squared_norms(tensors: list[Tensor]) -> Tensor:
+    """``‖t‖²`` of every tensor, stacked. One ``_foreach_norm`` kernel on an accelerator; on the
+    CPU one BLAS dot product each, which streams large gradients about three times faster (VGG-19:
+    2.4 against 7.8 ms for its 76 MiB of gradients)."""
+    if not _cpu_forms(tensors[0]):
+        return torch.stack(torch._foreach_norm(tensors)).square()
+    return torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in tensors])
+
+
+def _write_fused(
+    weights: list[Tensor],
+    biases: list[Tensor | None],
+    us: list[Tensor],
+    vs: list[Tensor],
+    factors: Tensor | float,
+    scale: float,
+) -> None:
+    """``G ← f s G + (f u) vᵀ`` on the CPU, in one pass over each gradient: ``addmm_`` with the
+    factors as numbers (a CPU tensor's value costs no synchronisation) instead of a ``mul_``
+    pass and an ``addcmul_`` pass."""
+    if isinstance(factors, Tensor):
+        values = factors.tolist()
+        each = values if isinstance(values, list) else [values] * len(weights)
+    else:
+        each = [factors] * len(weights)
+    for w, b, u, v, f in zip(weights, biases, us, vs, each, strict=True):
+        w.addmm_(u.unsqueeze(1), v[: w.shape[1]].unsqueeze(0), beta=f * scale, alpha=f)
+        if b is not None:
+            b.mul_(f * scale).addcmul_(u, v[-1:], value=f)
 
 
 class _Rows:
@@ -144,9 +187,8 @@ def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor
     factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
     if pre.scaling is not None and not (pre.scaling == "kl_clip" and pre.kl_clip is None):
         none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
-        g_sq = (
-            torch.stack(torch._foreach_norm(weights)).square()
-            + torch.stack(torch._foreach_norm([none if b is None else b for b in biases])).square()
+        g_sq = squared_norms(weights) + squared_norms(
+            [none if b is None else b for b in biases]
         )  # ‖G_l‖²
         if batched:
             ugv = row_dot(u_matrix, gv_matrix)[:, 0]  # u_lᵀ G_l v_l
@@ -166,6 +208,11 @@ def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor
             else:
                 factors = kl_norm_factor(kl)
 
+    if _cpu_forms(weights[0]):
+        if batched:
+            us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
+        _write_fused(weights, biases, us, vs, factors, scale)
+        return
     if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
         each = (factors * scale).unbind()
         torch._foreach_mul_(grads, [*each, *(each[i] for i in with_bias)])

@@ -155,7 +155,10 @@ def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
 
 
 def grad_mean(layer: nn.Module, gy: Tensor) -> Tensor:
-    """b̄ of Eq. 10: the mean output-gradient row (convolutions: over samples and positions)."""
+    """b̄ of Eq. 10: the mean output-gradient row (convolutions: over samples and positions).
+
+    Not called where b̄ is zero by construction (the layer feeds only a BatchNorm using batch
+    statistics: :mod:`eva.batchnorm`)."""
     gy = _batched(gy, layer)
     if isinstance(layer, nn.Conv2d):
         return gy.mean(dim=(0, 2, 3))

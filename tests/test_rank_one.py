@@ -67,8 +67,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("cpu_forms", [True, False], ids=["cpu-forms", "foreach-forms"])
 @pytest.mark.parametrize(("cls", "options"), CASES, ids=lambda c: getattr(c, "__name__", str(c)))
-def test_in_place_step_equals_the_generic_path(cls, options, monkeypatch) -> None:
+def test_in_place_step_equals_the_generic_path(cls, options, cpu_forms, monkeypatch) -> None:
+    """Both forms of the write-back and norms (CPU: fused ``addmm_`` and dot products;
+    accelerators: ``torch._foreach`` kernels, run here on the CPU)."""
+    monkeypatch.setattr(rank_one, "CPU_FORMS", cpu_forms)
     calls = []
     monkeypatch.setattr(rank_one, "rank_one_step", _spy(rank_one.rank_one_step, calls))
     got = _run(cls, options, generic=False)
