@@ -232,6 +232,10 @@ class Preconditioner:
         if self.overlap_comm and self.statistics_needed and self.reducer.world_size > 1:
             order = [layer.name for layer in reversed(self.layers)]
             self._overlap = OverlappedAverage(self.reducer, order)
+        # output-gradient hooks: for the statistics, or to count arrivals (overlap_comm)
+        self._output_grad_hooks = (
+            not GRAD_STATS.isdisjoint(self.statistics_needed) or self._overlap is not None
+        )
         # per layer, this step: output-gradient hooks registered by forwards outside a backward
         # pass (recomputations excluded), and output-gradient hooks that fired
         self._grads_expected = dict.fromkeys(self._pending, 0)
@@ -278,8 +282,7 @@ class Preconditioner:
             return
         with _full_precision(output.device.type):
             self._input_statistics(layer, module, inputs[0])
-        grad_stats = not GRAD_STATS.isdisjoint(self.statistics_needed)
-        if output.requires_grad and (grad_stats or self._overlap is not None):
+        if self._output_grad_hooks and output.requires_grad:
             followed = None
             if self._batchnorm is not None and not statistics.compiling():
                 followed = self._batchnorm.expect(output, layer.is_conv)

@@ -139,6 +139,39 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     return (rows @ image @ cols_t).reshape(-1)
 
 
+@functools.lru_cache(maxsize=256)
+def _conv_mean_operators(
+    n: int, geometry: tuple[tuple[int, int, int, int, int], ...], device: Any, dtype: Any
+) -> tuple[Tensor, Tensor] | None:
+    """The ``(1, n)`` row of ``1/n`` and the one-matrix patch operator for a batch of ``n``
+    images of this geometry; None where the operator is the two axis matrices."""
+    operators = _cached_patch_operators(geometry, device, dtype)
+    if len(operators) != 1:
+        return None
+    return torch.full((1, n), 1.0 / n, device=device, dtype=dtype), operators[0]
+
+
+def conv_input_mean(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """:func:`patch_mean` of :func:`batch_mean` for a batch ``(N, C, H, W)``.
+
+    In eager mode, for a contiguous batch and numeric zero padding, the two are one chain of two
+    matrix products, ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L``, with both operators looked up at once (this
+    runs for every convolution at every step: its fixed cost counts at small batches).
+    """
+    plan = None
+    if not compiling() and x.is_contiguous() and not isinstance(conv.padding, str):
+        if conv.padding_mode == "zeros":
+            n, c, h, w = x.shape
+            geometry = tuple(
+                zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding)
+            )
+            plan = _conv_mean_operators(n, geometry, x.device, x.dtype)  # type: ignore[arg-type]
+    if plan is None:
+        return patch_mean(conv, batch_mean(x))
+    ones, operator = plan
+    return torch.mm(torch.mm(ones, x.view(n, c * h * w)).view(c, h * w), operator).view(-1)
+
+
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
     """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch).
 
@@ -148,7 +181,7 @@ def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
     """
     x = _batched(x, layer)
     if isinstance(layer, nn.Conv2d):
-        a = patch_mean(layer, batch_mean(x))
+        a = conv_input_mean(layer, x)
     else:
         a = batch_mean(x.reshape(-1, x.shape[-1]))
     return _append_one(a) if bias else a

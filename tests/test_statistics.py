@@ -28,6 +28,7 @@ def test_conv_input_mean_is_the_mean_patch(options, bias, route, monkeypatch):
     if route == "two axis matrices":
         monkeypatch.setattr(statistics, "PATCH_MATRIX_MAX", 0)
     statistics._cached_patch_operators.cache_clear()
+    statistics._conv_mean_operators.cache_clear()
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, bias=bias, **options).double()
     x = torch.randn(5, 3, 11, 13, dtype=torch.float64)
@@ -38,6 +39,10 @@ def test_conv_input_mean_is_the_mean_patch(options, bias, route, monkeypatch):
     if bias:
         expected = torch.cat([expected, expected.new_ones(1)])
     torch.testing.assert_close(input_mean(conv, x, bias), expected, rtol=1e-12, atol=1e-12)
+    channels_last = x.to(memory_format=torch.channels_last)  # the two-step route
+    torch.testing.assert_close(
+        input_mean(conv, channels_last, bias), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
