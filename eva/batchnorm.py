@@ -11,7 +11,7 @@ arithmetic the reduction would return rounding noise of order 1e-8 of the gradie
 
 :class:`BatchNormFollowers` recognises these layers from the autograd graph, without reading any
 data, and the output-gradient hook then records b̄ = 0 instead of reducing the gradient (on a
-ResNet or VGG with BatchNorm, every convolution: half the cost of Eva's statistics). The test is
+ResNet or VGG with BatchNorm, every convolution: the backward half of Eva's statistics). The test is
 exact rather than heuristic: in the layer's forward hook, the next BatchNorm call takes the
 layer's output itself (same tensor object, not modified in place since) and normalises with batch
 statistics; in the backward pass, the gradient that reaches the layer's output is the very tensor

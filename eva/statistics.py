@@ -117,6 +117,16 @@ _cached_patch_operators = functools.lru_cache(maxsize=1024)(_patch_operators)
 graph."""
 
 
+def _zero_padded(conv: nn.Conv2d) -> bool:
+    """Numeric zero padding: the case the patch operators take (others unfold)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _geometry(conv: nn.Conv2d, h: int, w: int) -> tuple[tuple[int, ...], ...]:
+    """Per spatial axis: (size, kernel, stride, dilation, padding), the patch operators' key."""
+    return tuple(zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding))  # type: ignore[arg-type]
+
+
 def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     """The mean im2col patch of one ``(C, H, W)`` image, without unfolding it.
 
@@ -127,49 +137,32 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     with a small cached ``(H·W, kh·kw)`` matrix; for large images and kernels (a ViT patch
     embedding) the two axis products instead. Numeric zero padding only; other paddings unfold.
     """
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if not _zero_padded(conv):
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
     c, h, w = image.shape
-    geometry = tuple(zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding))
     build = _patch_operators if compiling() else _cached_patch_operators
-    operators = build(geometry, image.device, image.dtype)  # type: ignore[arg-type]
+    operators = build(_geometry(conv, h, w), image.device, image.dtype)  # type: ignore[arg-type]
     if len(operators) == 1:
         return (image.reshape(c, h * w) @ operators[0]).reshape(-1)
     rows, cols_t = operators
     return (rows @ image @ cols_t).reshape(-1)
 
 
-@functools.lru_cache(maxsize=256)
-def _conv_mean_operators(
-    n: int, geometry: tuple[tuple[int, int, int, int, int], ...], device: Any, dtype: Any
-) -> tuple[Tensor, Tensor] | None:
-    """The ``(1, n)`` row of ``1/n`` and the one-matrix patch operator for a batch of ``n``
-    images of this geometry; None where the operator is the two axis matrices."""
-    operators = _cached_patch_operators(geometry, device, dtype)
-    if len(operators) != 1:
-        return None
-    return torch.full((1, n), 1.0 / n, device=device, dtype=dtype), operators[0]
-
-
 def conv_input_mean(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """:func:`patch_mean` of :func:`batch_mean` for a batch ``(N, C, H, W)``.
 
-    In eager mode, for a contiguous batch and numeric zero padding, the two are one chain of two
-    matrix products, ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L``, with both operators looked up at once (this
-    runs for every convolution at every step: its fixed cost counts at small batches).
+    In eager mode, for a contiguous batch and a one-matrix patch operator, the two are one chain
+    of two matrix products, ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L`` (this runs for every convolution at
+    every step: its fixed cost counts at small batches).
     """
-    plan = None
-    if not compiling() and x.is_contiguous() and not isinstance(conv.padding, str):
-        if conv.padding_mode == "zeros":
-            n, c, h, w = x.shape
-            geometry = tuple(
-                zip((h, w), conv.kernel_size, conv.stride, conv.dilation, conv.padding)
-            )
-            plan = _conv_mean_operators(n, geometry, x.device, x.dtype)  # type: ignore[arg-type]
-    if plan is None:
+    if compiling() or not x.is_contiguous() or not _zero_padded(conv):
         return patch_mean(conv, batch_mean(x))
-    ones, operator = plan
-    return torch.mm(torch.mm(ones, x.view(n, c * h * w)).view(c, h * w), operator).view(-1)
+    n, c, h, w = x.shape
+    operators = _cached_patch_operators(_geometry(conv, h, w), x.device, x.dtype)  # type: ignore[arg-type]
+    if len(operators) != 1:
+        return patch_mean(conv, batch_mean(x))
+    ones = _cached_ones_over_n(n, x.device, x.dtype).unsqueeze(0)
+    return torch.mm(torch.mm(ones, x.view(n, c * h * w)).view(c, h * w), operators[0]).view(-1)
 
 
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:

@@ -28,7 +28,6 @@ def test_conv_input_mean_is_the_mean_patch(options, bias, route, monkeypatch):
     if route == "two axis matrices":
         monkeypatch.setattr(statistics, "PATCH_MATRIX_MAX", 0)
     statistics._cached_patch_operators.cache_clear()
-    statistics._conv_mean_operators.cache_clear()
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, bias=bias, **options).double()
     x = torch.randn(5, 3, 11, 13, dtype=torch.float64)
