@@ -62,6 +62,45 @@ def _keep_input_grad(
     followed.grad = grad_inputs[0]
 
 
+class ZeroGradMeans:
+    """The layers whose running average of b̄ (Eq. 14–15) is known to be exactly zero, without
+    reading it: no b̄ yet, or only zeros by construction since the start (or since
+    :meth:`reset` from a loaded state).
+
+    Eq. 13 with ``b̄ = 0`` is ``P = G/γ`` whatever ā is, so while a layer stays here Eva does not
+    read its input for ā (:attr:`~eva.preconditioner.Preconditioner.a_mean_unused_if_g_mean_zero`):
+    its ``a_mean`` stays a zero placeholder. The first b̄ that is actually read (this layer's
+    output reaches the loss some other way, or its BatchNorm is in eval mode) takes the layer
+    out, and ā's running average then starts from that step's ā, as on a first step.
+    """
+
+    def __init__(self, states: dict[str, dict[str, Tensor]]) -> None:
+        self.zero: set[str] = set()
+        self.restart: set[str] = set()  # left this step: ā's average starts afresh
+        self.reset(states)
+
+    def reset(self, states: dict[str, dict[str, Tensor]]) -> None:
+        """Recompute from the states (after loading them; reads each ``g_mean`` once)."""
+        self.zero = {
+            name
+            for name, state in states.items()
+            if "g_mean" not in state or not bool(state["g_mean"].any())
+        }
+        self.restart.clear()
+
+    def read(self, name: str) -> None:
+        """Layer ``name``'s b̄ was read (not zero by construction) on this step."""
+        if name in self.zero:
+            self.zero.discard(name)
+            self.restart.add(name)
+
+    def restart_averages(self, states: dict[str, dict[str, Tensor]]) -> None:
+        """Before this step's running averages: drop the placeholder ā of the layers that left."""
+        for name in self.restart:
+            states[name].pop("a_mean", None)
+        self.restart.clear()
+
+
 class BatchNormFollowers:
     """Forward hooks on every plain BatchNorm of ``model`` that tie it to the preconditioned
     layer whose output it normalises (see the module docstring)."""

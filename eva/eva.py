@@ -21,13 +21,16 @@ class Eva(Preconditioner):
     then every layer's ``P`` is scaled by ν of Eq. 16 with α = the optimizer's current lr.
     Paper and authors' code agree here. A layer whose output feeds only a BatchNorm in training
     mode has b̄ = 0 exactly, so ``P = G/γ`` there; its b̄ is then recorded as zero without
-    reading the gradient (:mod:`eva.batchnorm`). All arguments are the shared ones of
+    reading the gradient (:mod:`eva.batchnorm`), and while b̄'s running average stays exactly
+    zero ā is not read either (it cannot change ``P``; ``a_mean`` holds zeros, and its average
+    starts afresh at the first step whose b̄ is not zero). All arguments are the shared ones of
     :class:`~eva.preconditioner.Preconditioner` (defaults: damping 0.03, running_avg 0.95,
     kl_clip 0.001, scaling ``"kl_clip"``, update_interval 1).
     """
 
     statistics_needed = ("a_mean", "g_mean")
     rank_one_batched = True
+    a_mean_unused_if_g_mean_zero = True
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 13 for one layer."""

@@ -35,9 +35,10 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import Unpack
 
 from eva import rank_one, statistics
-from eva.batchnorm import BatchNormFollowers, FollowedOutput
+from eva.batchnorm import BatchNormFollowers, FollowedOutput, ZeroGradMeans
 from eva.comm import OverlappedAverage, Reducer, default_reducer
 from eva.layers import Layer, find_layers
+from eva.saved_input import HeldInput, held_input
 from eva.scaling import SCALINGS, Scaling, apply_scaling
 from eva.statistics import CONV_FACTORS, ConvFactors
 
@@ -171,6 +172,12 @@ class Preconditioner:
     """``True``: the layer's gradient is the matrix ``G`` with the bias column; ``False``: the
     weight gradient as its own tensor (bias left first-order)."""
     allow_running_sum: ClassVar[bool] = False
+    a_mean_unused_if_g_mean_zero: ClassVar[bool] = False
+    """``True`` where the equation does not use ā while b̄'s running average is exactly zero
+    (Eva, Eq. 13: ``P = G/γ``). Where a BatchNorm makes b̄ zero by construction
+    (:mod:`eva.batchnorm`) the layer's input is then held until the backward pass
+    (:mod:`eva.saved_input`) and, while b̄'s average stays zero, not read at all
+    (:class:`~eva.batchnorm.ZeroGradMeans`); not with ``stat_batch``."""
     rank_one_batched: ClassVar[bool] = False
     """``True``: :meth:`rank_one_vector` and :meth:`rank_one_correction` also take every layer at
     once, each state entry (and ``G v``) an ``(L, m)`` stack of zero-padded rows, and give stacks
@@ -245,6 +252,11 @@ class Preconditioner:
         self._batchnorm: BatchNormFollowers | None = None
         if "g_mean" in self.statistics_needed and "g_factor" not in self.statistics_needed:
             self._batchnorm = BatchNormFollowers(model)
+        # ā not read while b̄'s average is exactly zero (one decision on every worker: the
+        # zero test must not depend on the local batch size, as it does with stat_batch)
+        self._zero_g_means: ZeroGradMeans | None = None
+        if self._batchnorm is not None and self.a_mean_unused_if_g_mean_zero and stat_batch is None:
+            self._zero_g_means = ZeroGradMeans(self.state)
         if self.statistics_needed:
             for layer in self.layers:
                 self._handles.append(
@@ -260,15 +272,17 @@ class Preconditioner:
     def _capturing(self, module: nn.Module) -> bool:
         return self.enabled and self.refresh_step and module.training and torch.is_grad_enabled()
 
-    def _accumulate(self, layer: Layer, key: str, value: Tensor) -> None:
+    def _accumulate(self, layer: Layer, key: str, value: Tensor, count: int = 1) -> None:
+        """Add ``value`` to this step's ``key`` of ``layer``; ``count=0`` for a placeholder that
+        keeps the statistics' layout but does not enter their mean."""
         if self._overlap is not None and layer.name in self._overlap:
             self._overlap.invalidate()  # its statistics already left: send again
         slot = self._pending[layer.name].get(key)
         if slot is None:
-            self._pending[layer.name][key] = [value, 1]
+            self._pending[layer.name][key] = [value, count]
         else:
             slot[0] = slot[0] + value
-            slot[1] += 1
+            slot[1] += count
 
     def _prepare(self, layer: Layer, t: Tensor) -> Tensor:
         t = t.detach()
@@ -280,13 +294,18 @@ class Preconditioner:
     def _forward_hook(self, layer: Layer, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if not self._capturing(module):
             return
-        with _full_precision(output.device.type):
-            self._input_statistics(layer, module, inputs[0])
-        if self._output_grad_hooks and output.requires_grad:
+        hooked = self._output_grad_hooks and output.requires_grad
+        held = None  # the input, where ā is read in the backward pass (eva.saved_input)
+        if hooked and self._zero_g_means is not None:
+            held = held_input(module, inputs[0])
+        if held is None:
+            with _full_precision(output.device.type):
+                self._input_statistics(layer, module, inputs[0])
+        if hooked:
             followed = None
             if self._batchnorm is not None and not statistics.compiling():
                 followed = self._batchnorm.expect(output, layer.is_conv)
-            output.register_hook(partial(self._grad_hook, layer, followed))
+            output.register_hook(partial(self._grad_hook, layer, followed, held))
             # a forward run by the autograd engine is an activation-checkpointing recompute,
             # whose output gradient may never be computed (non-reentrant checkpoints)
             if self._overlap is not None and torch._C._current_graph_task_id() == -1:
@@ -302,17 +321,33 @@ class Preconditioner:
             self._accumulate(layer, "a_factor", factor)
 
     def _grad_hook(
-        self, layer: Layer, followed: FollowedOutput | None, grad_output: Tensor
+        self,
+        layer: Layer,
+        followed: FollowedOutput | None,
+        held: HeldInput | None,
+        grad_output: Tensor,
     ) -> None:
         zero_mean = (
             followed is not None
             and followed.take_is_zero_mean(grad_output)
             and (self.stat_batch is None or grad_output.shape[0] <= self.stat_batch)
         )
+        x = held.take() if held is not None else None
         with _full_precision(grad_output.device.type):
+            if x is not None:
+                zeros = self._zero_g_means
+                if zero_mean and zeros is not None and layer.name in zeros.zero:
+                    self._accumulate(layer, "a_mean", self._unread_a_mean(layer, x), count=0)
+                else:
+                    self._input_statistics(layer, layer.module, x)
             self._grad_statistics(layer, grad_output, zero_mean)
         if self._overlap is not None:
             self._send_if_complete(self._overlap, layer.name)
+
+    def _unread_a_mean(self, layer: Layer, x: Tensor) -> Tensor:
+        """Zeros in place of an ā not read (:class:`~eva.batchnorm.ZeroGradMeans`)."""
+        width = layer.weight[0].numel() + (layer.has_bias and self.include_bias)
+        return x.new_zeros(width, dtype=layer.weight.dtype)
 
     def _send_if_complete(self, overlap: OverlappedAverage, name: str) -> None:
         """Start averaging a layer's statistics if they are complete for this step: every
@@ -332,7 +367,7 @@ class Preconditioner:
         """The mean over micro-batches of each accumulated statistic (tensors of this step's
         own: a single micro-batch's statistic is handed over as it is)."""
         return {
-            key: total if count == 1 else total / count for key, (total, count) in pending.items()
+            key: total if count <= 1 else total / count for key, (total, count) in pending.items()
         }
 
     def _clear_pending(self) -> None:
@@ -348,6 +383,8 @@ class Preconditioner:
             zero = grad_output.new_zeros(width, dtype=layer.weight.dtype)
             self._accumulate(layer, "g_mean", zero)
             return
+        if self._zero_g_means is not None:
+            self._zero_g_means.read(layer.name)
         gy = self._prepare(layer, grad_output)
         if "g_mean" in self.statistics_needed:
             self._accumulate(layer, "g_mean", statistics.grad_mean(layer.module, gy))
@@ -517,6 +554,8 @@ class Preconditioner:
         current = {}
         if self.statistics_needed and refresh:
             current = self._current_statistics(grad_scale)
+            if self._zero_g_means is not None:
+                self._zero_g_means.restart_averages(self.state)
         present = [layer for layer in self.layers if layer.has_grad()]
         weights = [rank_one.weight_matrix(x) for x in present] if self._rank_one_applies() else []
         in_place = (
@@ -582,6 +621,8 @@ class Preconditioner:
                 k: v.to(device, copy=True) if isinstance(v, Tensor) else v
                 for k, v in layers[layer.name].items()
             }
+        if self._zero_g_means is not None:
+            self._zero_g_means.reset(self.state)
 
     def remove_hooks(self) -> None:
         """Detach from the model (the preconditioner must not be used afterwards)."""
