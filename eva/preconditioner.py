@@ -346,8 +346,9 @@ class Preconditioner:
 
     def _unread_a_mean(self, layer: Layer, x: Tensor) -> Tensor:
         """Zeros in place of an ā not read (:class:`~eva.batchnorm.ZeroGradMeans`)."""
-        width = layer.weight[0].numel() + (layer.has_bias and self.include_bias)
-        return x.new_zeros(width, dtype=layer.weight.dtype)
+        weight = layer.weight
+        width = weight.numel() // weight.shape[0] + (layer.has_bias and self.include_bias)
+        return x.new_zeros(width, dtype=weight.dtype)
 
     def _send_if_complete(self, overlap: OverlappedAverage, name: str) -> None:
         """Start averaging a layer's statistics if they are complete for this step: every
