@@ -64,8 +64,25 @@ class CheckpointedCNN(TinyCNN):
         return torch.relu(self.fc1(torch.relu(self.conv2(x)).flatten(1)))
 
 
+class BatchNormCNN(TinyCNN):
+    """TinyCNN with a batch-statistics BatchNorm after each convolution and fc1: b̄ = 0 there
+    (eva.batchnorm), and Eva skips their ā. One process matches two only on the same
+    normalisation groups: it runs each worker's half of the batch as one micro-batch."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__(classes)
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm1d(6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.fc1(x.flatten(1))))
+        return self.fc2(x)
+
+
 # case -> (preconditioner, extra options, loop). Loops: "plain" (one forward/backward per step),
-# "accumulate" (two micro-batches per step), "checkpoint" (CheckpointedCNN).
+# "accumulate" (two micro-batches per step), "checkpoint" (CheckpointedCNN), "batchnorm"
+# (BatchNormCNN; compares parameters only, DDP broadcasts rank 0's running statistics).
 CASES: dict[str, tuple[str, dict, str]] = {
     name: (name, {}, "plain") for name in registry_names()
 } | {
@@ -77,6 +94,7 @@ CASES: dict[str, tuple[str, dict, str]] = {
     "eva_f_accumulate": ("eva_f", {"update_interval": 1}, "accumulate"),
     "eva_checkpoint": ("eva", {"update_interval": 1}, "checkpoint"),
     "foof_checkpoint": ("foof", {"update_interval": 1}, "checkpoint"),
+    "eva_batchnorm": ("eva", {"update_interval": 1}, "batchnorm"),
 }
 SPY_NAMES = ["eva", "eva_f", "kfac", "foof", "shampoo"]
 
@@ -99,7 +117,8 @@ def _train(case: str, rank: int, distributed: bool, overlap: bool = True) -> dic
     name, extra, loop = CASES[case]
     cls = eva.PRECONDITIONERS[name]
     kwargs = {"update_interval": 2, **STABLE_KWARGS.get(name, {}), **extra}
-    model = make_model(CheckpointedCNN if loop == "checkpoint" else TinyCNN)
+    builders = {"checkpoint": CheckpointedCNN, "batchnorm": BatchNormCNN}
+    model = make_model(builders.get(loop, TinyCNN))
     optimizer = sgd(model)
     if distributed:
         net: nn.Module = DistributedDataParallel(model)
@@ -107,7 +126,7 @@ def _train(case: str, rank: int, distributed: bool, overlap: bool = True) -> dic
     else:
         net = model
         pre = build(cls, net, optimizer, reducer=LocalReducer(), **kwargs)
-    micro = 2 if loop == "accumulate" else 1
+    micro = 2 if loop == "accumulate" else WORLD if loop == "batchnorm" and not distributed else 1
     for x, y in image_batches(3, batch=8):
         if distributed:
             local = slice(rank * 8 // WORLD, (rank + 1) * 8 // WORLD)
@@ -117,6 +136,10 @@ def _train(case: str, rank: int, distributed: bool, overlap: bool = True) -> dic
             (F.cross_entropy(net(xs), ys) / micro).backward()
         pre.step()
         optimizer.step()
+    if loop == "batchnorm":
+        zero = {name.removeprefix("module.") for name in pre._zero_g_means.zero}  # type: ignore[union-attr]
+        assert zero == {"conv1", "conv2", "fc1"}  # their ā never read
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
