@@ -77,6 +77,21 @@ class TinyCNN(nn.Module):
         return self.fc2(x)
 
 
+class BatchNormCNN(TinyCNN):
+    """TinyCNN with a batch-statistics BatchNorm after each convolution and fc1: b̄ = 0 there
+    (eva.batchnorm), and Eva skips their ā (only fc2 keeps a rank-one correction)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__(classes)
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm1d(6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.fc1(x.flatten(1))))
+        return self.fc2(x)
+
+
 def make_model(builder: Callable[[], nn.Module] = TinyCNN, seed: int = 0) -> nn.Module:
     """A float64 model initialised from ``seed``."""
     torch.manual_seed(seed)

@@ -35,6 +35,7 @@ from eva.comm import (
 from eva.layers import find_layers
 from tests.helpers import (
     STABLE_KWARGS,
+    BatchNormCNN,
     TinyCNN,
     TinyMLP,
     build,
@@ -62,22 +63,6 @@ class CheckpointedCNN(TinyCNN):
 
     def _segment(self, x: Tensor) -> Tensor:
         return torch.relu(self.fc1(torch.relu(self.conv2(x)).flatten(1)))
-
-
-class BatchNormCNN(TinyCNN):
-    """TinyCNN with a batch-statistics BatchNorm after each convolution and fc1: b̄ = 0 there
-    (eva.batchnorm), and Eva skips their ā. One process matches two only on the same
-    normalisation groups: it runs each worker's half of the batch as one micro-batch."""
-
-    def __init__(self, classes: int = 3):
-        super().__init__(classes)
-        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm1d(6)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        x = torch.relu(self.bn3(self.fc1(x.flatten(1))))
-        return self.fc2(x)
 
 
 # case -> (preconditioner, extra options, loop). Loops: "plain" (one forward/backward per step),

@@ -223,3 +223,26 @@ def test_inputs_are_held_only_where_autograd_keeps_them():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not saved_by_autograd(conv, x)  # conv2d saves a bfloat16 copy
         assert saved_by_autograd(conv, x.bfloat16())
+
+
+def test_bf16_autocast_statistics_are_the_same_held_or_not(monkeypatch):
+    """Under CPU bf16 autocast the first layer's float32 input is read in the forward hook (the
+    convolution saves a bf16 copy); later layers' bf16 inputs are held. Either way the
+    statistics are float32 and equal to those read in the forward hook."""
+    x, y = image_batches(1)[0]
+    states = []
+    for held in (True, False):
+        if not held:
+            monkeypatch.setattr(eva.preconditioner, "held_input", lambda module, x: None)
+        torch.manual_seed(0)
+        model = TinyCNN()
+        pre = Eva(model, sgd(model))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x.float()), y)
+        loss.backward()
+        pre.step()
+        states.append(pre.state)
+    for name, state in states[1].items():
+        for key, value in state.items():
+            assert value.dtype == torch.float32
+            assert torch.equal(states[0][name][key], value), (name, key)
