@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from eva.statistics import compiling
+from eva.statistics import compiling, zero_padded
 
 
 class HeldInput:
@@ -59,7 +59,7 @@ def saved_by_autograd(module: nn.Module, x: Tensor) -> bool:
         return False  # the layer saves a cast copy
     kind = type(module)
     if kind.forward is nn.Conv2d.forward and isinstance(module, nn.Conv2d):
-        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return zero_padded(module)
     if kind.forward is nn.Linear.forward:
         return x.dim() == 2 or x.is_contiguous()
     return False

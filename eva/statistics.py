@@ -117,8 +117,9 @@ _cached_patch_operators = functools.lru_cache(maxsize=1024)(_patch_operators)
 graph."""
 
 
-def _zero_padded(conv: nn.Conv2d) -> bool:
-    """Numeric zero padding: the case the patch operators take (others unfold)."""
+def zero_padded(conv: nn.Conv2d) -> bool:
+    """Numeric zero padding: the case the patch operators take (others unfold), and where a
+    convolution saves its input itself (no padded copy, :mod:`eva.saved_input`)."""
     return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
@@ -137,7 +138,7 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
     with a small cached ``(H·W, kh·kw)`` matrix; for large images and kernels (a ViT patch
     embedding) the two axis products instead. Numeric zero padding only; other paddings unfold.
     """
-    if not _zero_padded(conv):
+    if not zero_padded(conv):
         return patches(conv, image.unsqueeze(0))[0].mean(dim=1)
     c, h, w = image.shape
     build = _patch_operators if compiling() else _cached_patch_operators
@@ -155,7 +156,7 @@ def conv_input_mean(conv: nn.Conv2d, x: Tensor) -> Tensor:
     of two matrix products, ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L`` (this runs for every convolution at
     every step: its fixed cost counts at small batches).
     """
-    if compiling() or not x.is_contiguous() or not _zero_padded(conv):
+    if compiling() or not x.is_contiguous() or not zero_padded(conv):
         return patch_mean(conv, batch_mean(x))
     n, c, h, w = x.shape
     operators = _cached_patch_operators(_geometry(conv, h, w), x.device, x.dtype)  # type: ignore[arg-type]
