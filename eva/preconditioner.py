@@ -44,6 +44,7 @@ from eva.statistics import CONV_FACTORS, ConvFactors
 
 INPUT_STATS = ("a_mean", "a_factor")
 GRAD_STATS = frozenset(("g_mean", "g_factor"))
+_NO_PLAN = object()  # a shape not seen yet (Preconditioner._mean_plans)
 
 
 def _defined_by(cls: type, name: str) -> type:
@@ -248,6 +249,11 @@ class Preconditioner:
         self._grads_expected = dict.fromkeys(self._pending, 0)
         self._grads_seen = dict.fromkeys(self._pending, 0)
         self._handles: list[RemovableHandle] = []
+        # per layer, input shape -> statistics.MeanPlan (None: the general route), where ā is
+        # the only input statistic and the whole batch is read
+        self._mean_plans: dict[str, dict[torch.Size, statistics.MeanPlan | None]] = {}
+        if stat_batch is None and set(self.statistics_needed) & set(INPUT_STATS) == {"a_mean"}:
+            self._mean_plans = {layer.name: {} for layer in self.layers}
         # b̄ = 0 without reading the gradient where a BatchNorm alone takes a layer's output
         self._batchnorm: BatchNormFollowers | None = None
         if "g_mean" in self.statistics_needed and "g_factor" not in self.statistics_needed:
@@ -270,7 +276,13 @@ class Preconditioner:
         return self.steps % self.update_interval == 0
 
     def _capturing(self, module: nn.Module) -> bool:
-        return self.enabled and self.refresh_step and module.training and torch.is_grad_enabled()
+        # refresh_step written out: this runs in every layer's forward
+        return (
+            self.enabled
+            and module.training
+            and self.steps % self.update_interval == 0
+            and torch.is_grad_enabled()
+        )
 
     def _accumulate(self, layer: Layer, key: str, value: Tensor, count: int = 1) -> None:
         """Add ``value`` to this step's ``key`` of ``layer``; ``count=0`` for a placeholder that
@@ -299,8 +311,7 @@ class Preconditioner:
         if hooked and self._zero_g_means is not None:
             held = held_input(module, inputs[0])
         if held is None:
-            with _full_precision(output.device.type):
-                self._input_statistics(layer, module, inputs[0])
+            self._input_statistics(layer, module, inputs[0])
         if hooked:
             followed = None
             if self._batchnorm is not None and not statistics.compiling():
@@ -312,6 +323,22 @@ class Preconditioner:
                 self._grads_expected[layer.name] += 1
 
     def _input_statistics(self, layer: Layer, module: nn.Module, x: Tensor) -> None:
+        plans = self._mean_plans.get(layer.name)
+        if plans is not None:  # ā alone, whole batch: the prepared route (most calls)
+            plan = plans.get(x.shape, _NO_PLAN)
+            if plan is _NO_PLAN:
+                if len(plans) >= 8:  # input shapes keep changing: keep the latest
+                    plans.clear()
+                fits = x.dtype == layer.weight.dtype
+                plan = plans[x.shape] = statistics.mean_plan(module, x) if fits else None
+            if plan is not None and plan.fits(x):
+                bias = layer.has_bias and self.include_bias
+                self._accumulate(layer, "a_mean", plan(x.detach(), bias))
+                return
+        with _full_precision(x.device.type):
+            self._read_input_statistics(layer, module, x)
+
+    def _read_input_statistics(self, layer: Layer, module: nn.Module, x: Tensor) -> None:
         x = self._prepare(layer, x)
         bias = layer.has_bias and self.include_bias
         if "a_mean" in self.statistics_needed:

@@ -82,7 +82,10 @@ def squared_norms(tensors: list[Tensor]) -> Tensor:
     76 MiB of gradients, on the 2-core CPU of the benchmark records)."""
     if not _cpu_forms(tensors[0]):
         return torch.stack(torch._foreach_norm(tensors)).square()
-    return torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in tensors])
+    zero = tensors[0].new_zeros(())  # for empty tensors (no bias): no dot product each
+    return torch.stack(
+        [torch.dot(t.reshape(-1), t.reshape(-1)) if t.numel() else zero for t in tensors]
+    )
 
 
 def _write_fused(

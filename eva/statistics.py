@@ -166,6 +166,62 @@ def conv_input_mean(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return torch.mm(torch.mm(ones, x.view(n, c * h * w)).view(c, h * w), operators[0]).view(-1)
 
 
+class MeanPlan:
+    """ā of Eq. 10 for one layer's inputs of one shape, dtype and device, as at most two matrix
+    products with constants prepared once: ``1ᵀ/N · X`` for a linear layer (``X`` the input as
+    ``(N, d_in)`` rows), ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L`` for a convolution (:func:`conv_input_mean`).
+
+    The same value as :func:`input_mean`; it saves the per-call work of finding the route (the
+    hooks run it for every layer at every step, and at small batches that work is most of the
+    statistics' cost). Built by :func:`mean_plan`; call it only on inputs it :meth:`fits`.
+    """
+
+    __slots__ = ("dtype", "device", "device_type", "rows", "width", "ones", "image", "operator")
+
+    def __init__(
+        self, x: Tensor, rows: int, image: tuple[int, int] | None, operator: Tensor | None
+    ) -> None:
+        self.dtype, self.device, self.device_type = x.dtype, x.device, x.device.type
+        self.rows, self.width = rows, x.numel() // rows
+        self.ones = _cached_ones_over_n(rows, x.device, x.dtype).unsqueeze(0)
+        self.image, self.operator = image, operator
+
+    def fits(self, x: Tensor) -> bool:
+        """Whether ``x`` (of the shape the plan was made for) can take it: same dtype and
+        device, contiguous, no autocast (which would lower the products), not compiling."""
+        return (
+            x.dtype is self.dtype
+            and x.device == self.device
+            and x.is_contiguous()
+            and not torch.is_autocast_enabled(self.device_type)
+            and not compiling()
+        )
+
+    def __call__(self, x: Tensor, bias: bool) -> Tensor:
+        a = torch.mm(self.ones, x.view(self.rows, self.width))
+        if self.operator is not None:
+            a = torch.mm(a.view(self.image), self.operator)  # type: ignore[arg-type]
+        a = a.view(-1)
+        return _append_one(a) if bias else a
+
+
+def mean_plan(layer: nn.Module, x: Tensor) -> MeanPlan | None:
+    """A :class:`MeanPlan` for inputs shaped, typed and placed like ``x``, or ``None`` where
+    :func:`input_mean` takes another route (a convolution's unbatched input, non-zero padding or
+    a large patch operator; ``torch.compile``)."""
+    if compiling() or x.dim() < 2 or x.numel() == 0:
+        return None
+    if isinstance(layer, nn.Conv2d):
+        if x.dim() != 4 or not zero_padded(layer):
+            return None
+        n, c, h, w = x.shape
+        operators = _cached_patch_operators(_geometry(layer, h, w), x.device, x.dtype)  # type: ignore[arg-type]
+        if len(operators) != 1:
+            return None
+        return MeanPlan(x, n, (c, h * w), operators[0])
+    return MeanPlan(x, x.numel() // x.shape[-1], None, None)
+
+
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
     """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch).
 

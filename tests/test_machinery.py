@@ -423,6 +423,31 @@ def test_pending_holds_only_vectors():
         assert pending["a_mean"][1] == pending["g_mean"][1] == 1
 
 
+@pytest.mark.parametrize("name", ["eva", "eva_f", "foof"])
+def test_prepared_input_mean_route_equals_the_general_route(name):
+    """ā through the per-shape MeanPlans (most calls) equals the general route of
+    statistics.input_mean, over changing batch sizes and two micro-batches per step."""
+    cls = eva.PRECONDITIONERS[name]
+    model, twin = make_model(), make_model()
+    pre, general = build(cls, model, sgd(model)), build(cls, twin, sgd(twin))
+    general._mean_plans = {}  # every ā by the general route
+    for x, y in image_batches(3, batch=8)[:2] + image_batches(1, batch=5):
+        for m, p in ((model, pre), (twin, general)):
+            for xb, yb in zip((x[:3], x[3:]), (y[:3], y[3:]), strict=True):
+                (F.cross_entropy(m(xb), yb) / 2).backward()
+            p.step()
+            p.optimizer.step()
+            p.optimizer.zero_grad()
+    for layer in pre.layers:
+        for key, value in general.state[layer.name].items():
+            torch.testing.assert_close(pre.state[layer.name][key], value, rtol=1e-12, atol=1e-14)
+    if "a_factor" in cls.statistics_needed:
+        assert not pre._mean_plans  # the patches are unfolded anyway
+    else:
+        plans = [p for shapes in pre._mean_plans.values() for p in shapes.values()]
+        assert plans and all(isinstance(p, eva.statistics.MeanPlan) for p in plans)
+
+
 def test_frozen_bias_and_unbatched_conv():
     """A frozen bias adds no column; an unbatched (C, H, W) conv input counts as one sample."""
     torch.manual_seed(0)

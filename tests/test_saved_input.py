@@ -21,16 +21,36 @@ from tests.test_batchnorm import ConvBN, fresh
 RUNNING_AVG = 0.95  # Eva's default ξ
 
 
+class CountedPlan:
+    """A :class:`~eva.statistics.MeanPlan` that records its layer at every read."""
+
+    def __init__(self, plan: statistics.MeanPlan, layer: nn.Module, calls: list) -> None:
+        self.plan, self.layer, self.calls = plan, layer, calls
+
+    def fits(self, x: Tensor) -> bool:
+        return self.plan.fits(x)
+
+    def __call__(self, x: Tensor, bias: bool) -> Tensor:
+        self.calls.append(self.layer)
+        return self.plan(x, bias)
+
+
 def count_input_means(monkeypatch) -> list[nn.Module]:
-    """The layers whose input ``statistics.input_mean`` reads, call by call."""
+    """The layers whose input is read for ā (``statistics.input_mean`` or a ``MeanPlan``),
+    call by call."""
     calls: list[nn.Module] = []
-    original = statistics.input_mean
+    original, original_plan = statistics.input_mean, statistics.mean_plan
 
     def counted(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
         calls.append(layer)
         return original(layer, x, bias)
 
+    def counted_plan(layer: nn.Module, x: Tensor) -> CountedPlan | None:
+        plan = original_plan(layer, x)
+        return None if plan is None else CountedPlan(plan, layer, calls)
+
     monkeypatch.setattr(statistics, "input_mean", counted)
+    monkeypatch.setattr(statistics, "mean_plan", counted_plan)
     return calls
 
 

@@ -21,13 +21,20 @@ CONVS = [
 ]
 
 
+@pytest.fixture
+def fresh_operators():
+    """No patch operator cached from another test (their form depends on PATCH_MATRIX_MAX)."""
+    statistics._cached_patch_operators.cache_clear()
+    yield
+    statistics._cached_patch_operators.cache_clear()
+
+
 @pytest.mark.parametrize("options", CONVS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("route", ["one matrix", "two axis matrices"])
-def test_conv_input_mean_is_the_mean_patch(options, bias, route, monkeypatch):
+def test_conv_input_mean_is_the_mean_patch(options, bias, route, monkeypatch, fresh_operators):
     if route == "two axis matrices":
         monkeypatch.setattr(statistics, "PATCH_MATRIX_MAX", 0)
-    statistics._cached_patch_operators.cache_clear()
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, bias=bias, **options).double()
     x = torch.randn(5, 3, 11, 13, dtype=torch.float64)
@@ -61,3 +68,42 @@ def test_linear_input_mean_and_batch_mean():
     torch.testing.assert_close(batch_mean(x), x.mean(0))
     strided = x.transpose(1, 2)  # not contiguous: the plain reduction
     torch.testing.assert_close(batch_mean(strided), strided.mean(0))
+
+
+@pytest.mark.parametrize("options", CONVS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_mean_plan_is_the_mean_patch(options, bias, fresh_operators):
+    """The prepared route equals input_mean (checked against every patch above), where it
+    applies; paddings it does not take give no plan."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, bias=bias, **options).double()
+    x = torch.randn(5, 3, 11, 13, dtype=torch.float64)
+    plan = statistics.mean_plan(conv, x)
+    if not statistics.zero_padded(conv):
+        assert plan is None
+        return
+    assert plan is not None and plan.fits(x)
+    torch.testing.assert_close(plan(x, bias), input_mean(conv, x, bias), rtol=1e-12, atol=1e-12)
+    assert statistics.mean_plan(conv, x[0]) is None  # unbatched: input_mean's route
+
+
+@pytest.mark.parametrize("shape", [(7, 6), (4, 3, 6)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_mean_plan_is_the_mean_row(shape, bias):
+    x = torch.randn(*shape, dtype=torch.float64)
+    plan = statistics.mean_plan(nn.Linear(6, 2), x)
+    assert plan is not None and plan.fits(x)
+    torch.testing.assert_close(plan(x, bias), input_mean(nn.Linear(6, 2), x, bias))
+    assert statistics.mean_plan(nn.Linear(6, 2), x[0, 0]) is None  # one vector
+
+
+def test_mean_plan_fits_only_inputs_like_its_own(fresh_operators):
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    plan = statistics.mean_plan(nn.Conv2d(3, 4, 3, padding=1).double(), x)
+    assert plan is not None and plan.fits(x)
+    assert not plan.fits(x.float())
+    assert not plan.fits(x.to(memory_format=torch.channels_last))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not plan.fits(x)
+    huge = torch.zeros(1, 1, 1100, 1100)  # patch operator above PATCH_MATRIX_MAX: two axis matrices
+    assert statistics.mean_plan(nn.Conv2d(1, 1, 3, padding=1), huge) is None
