@@ -57,7 +57,10 @@ class Layer:
 
     def has_grad(self) -> bool:
         """Whether every parameter of the layer has a gradient (else the layer is skipped)."""
-        return all(p.grad is not None for p in self.parameters())
+        if self.module.weight.grad is None:
+            return False
+        bias = self.module.bias
+        return bias is None or not bias.requires_grad or bias.grad is not None
 
     def grad_matrix(self, with_bias: bool = True) -> Tensor:
         """The gradient as the matrix ``G`` of shape ``(d_out, d_in [+ 1])``.
