@@ -108,7 +108,9 @@ def _patch_operators(
     (rows, oh), (cols, ow) = (_taps(*g, device=device) for g in geometry)
     rows, cols = rows.to(dtype) / (oh * ow), cols.to(dtype)
     if rows.numel() * cols.numel() <= PATCH_MATRIX_MAX:
-        return (torch.kron(rows.t(), cols.t()),)
+        # Rᵀ ⊗ Sᵀ written out (torch.kron fails on the transposed (H, 1) matrix of a 1×k kernel)
+        kron = torch.einsum("ih,jw->hwij", rows, cols)
+        return (kron.reshape(kron.shape[0] * kron.shape[1], -1),)
     return rows, cols.t()
 
 

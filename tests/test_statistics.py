@@ -18,6 +18,8 @@ CONVS = [
     dict(kernel_size=3, padding="same", dilation=2),
     dict(kernel_size=3, padding=1, padding_mode="reflect"),
     dict(kernel_size=2, stride=3),  # the stride leaves rows and columns unused
+    dict(kernel_size=(1, 7), padding=(0, 3)),  # Inception's factorised convolutions
+    dict(kernel_size=(7, 1), padding=(3, 0)),
 ]
 
 
