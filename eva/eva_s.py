@@ -46,6 +46,23 @@ def contract(t: Tensor, vectors: list[Tensor]) -> Tensor:
     return t
 
 
+def unit_vectors(vectors: list[Tensor], damping: float) -> tuple[list[Tensor], Tensor]:
+    """The ``v_i`` scaled to unit length (a zero vector stays zero), and
+    ``r = Π‖v_i‖² / (γ + Π‖v_i‖²)``.
+
+    Eq. 23's correction ``⟨G, V⟩ / (γ + ‖V‖²) · V`` with ``V = v_1 ∘ ⋯ ∘ v_k`` (``‖V‖ = Π‖v_i‖``)
+    is ``r ⟨G, U⟩ U`` with ``U`` the outer product of the unit vectors. Written so, nothing
+    grows with the vectors: the product of k squared norms (and ``⟨G, V⟩``) overflows float32
+    once the norms are large — large gradients, or running sums over many steps — and the
+    printed form then gives NaN; here ``r`` is a sigmoid of log norms, which tends to 1.
+    """
+    norms = torch.stack([torch.linalg.vector_norm(v) for v in vectors])
+    units = [
+        v / n.clamp(min=torch.finfo(v.dtype).tiny) for v, n in zip(vectors, norms, strict=True)
+    ]
+    return units, torch.sigmoid(2 * norms.log().sum() - math.log(damping))
+
+
 class EvaS(Preconditioner):
     """Eva-s (Eq. 23) with grafting to the gradient norm (§4.2).
 
@@ -77,15 +94,15 @@ class EvaS(Preconditioner):
         return {f"v{i}": v for i, v in enumerate(mode_means(grad))}
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
-        """Eq. 23 for one weight tensor."""
-        vs = [state[f"v{i}"] for i in range(grad.dim())]
-        norms = torch.stack([u @ u for u in vs]).prod()
+        """Eq. 23 for one weight tensor (in the overflow-free form of :func:`unit_vectors`)."""
+        us, r = unit_vectors([state[f"v{i}"] for i in range(grad.dim())], self.damping)
         gamma = self.damping
-        coef = contract(grad, vs) / (gamma + norms)
-        # −coef/γ · v_1 ∘ ⋯ ∘ v_k + G/γ: one pass over G to contract, one to write P
-        return outer([vs[0] * (-coef / gamma), *vs[1:]]).add_(grad, alpha=1 / gamma)
+        coef = r * contract(grad, us)
+        # −coef/γ · u_1 ∘ ⋯ ∘ u_k + G/γ: one pass over G to contract, one to write P
+        return outer([us[0] * (-coef / gamma), *us[1:]]).add_(grad, alpha=1 / gamma)
 
-    # Eq. 23 with G as the (d_1, d_2·…·d_k) matrix: P = G/γ + u vᵀ, v = v_2 ∘ ⋯ ∘ v_k
+    # Eq. 23 with G as the (d_1, d_2·…·d_k) matrix: P = G/γ + u vᵀ, v = u_2 ∘ ⋯ ∘ u_k (unit
+    # vectors, see unit_vectors)
     @property
     def rank_one_scale(self) -> float:
         return 1 / self.damping
@@ -95,10 +112,10 @@ class EvaS(Preconditioner):
         return [state[f"v{i}"] for i in range(sum(key[0] == "v" for key in state))]
 
     def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
-        return outer(self._vectors(state)[1:]).flatten()
+        return outer(unit_vectors(self._vectors(state)[1:], self.damping)[0]).flatten()
 
     def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
-        """``u = −⟨G, v_1 ∘ ⋯ ∘ v_k⟩ / (γ (γ + Π‖v_i‖²)) · v_1``."""
-        vs = self._vectors(state)
-        norms = torch.stack([u @ u for u in vs]).prod()
-        return vs[0] * ((vs[0] @ gv) / (-self.damping * (self.damping + norms)))
+        """``u = −r ⟨G, u_1 ∘ ⋯ ∘ u_k⟩ / γ · u_1`` (= Eq. 23's ``−⟨G, V⟩ / (γ (γ + ‖V‖²)) · v_1``
+        scaled to the unit ``v`` above)."""
+        us, r = unit_vectors(self._vectors(state), self.damping)
+        return us[0] * ((us[0] @ gv) * (-r / self.damping))

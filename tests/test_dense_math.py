@@ -192,6 +192,32 @@ def test_eva_s_grafting() -> None:
     run(EvaS, eva_s_reference(None, 0.03), weight_only=True, ref_scaling="graft")
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_eva_s_with_huge_gradients_is_finite_and_exact(in_place: bool, monkeypatch) -> None:
+    """Gradients ~1e9 in float32: Π‖v_i‖² of a convolution (~1e70) overflows float32, and
+    Eq. 23 as printed gives NaN; the unit-vector form matches the float64 dense solve."""
+    from eva.eva_s import mode_means
+
+    if not in_place:  # the reference path, Preconditioner.precondition
+        monkeypatch.setattr(EvaS, "_rank_one_applies", lambda self: False)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    model = torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
+    pre = EvaS(model, torch.optim.SGD(model.parameters(), lr=0.1), scaling=None)
+    model(torch.randn(6, 3, 5, 5)).square().sum().mul(1e7).backward()
+    g = conv.weight.grad.double()
+    norms = [v.double().square().sum() for v in mode_means(conv.weight.grad)]
+    assert not torch.isfinite(torch.stack(norms).float().prod())  # the printed form overflows
+    pre.step()
+    v = torch.ones(1, dtype=torch.float64)
+    for mean in mode_means(g):
+        v = torch.kron(v, mean)
+    g = g.flatten()  # Sherman–Morrison in float64 (a dense solve is hopeless at cond ~1e72)
+    want = (g - v * (v @ g) / (0.03 + v @ v)) / 0.03
+    got = conv.weight.grad.double().flatten()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
 def kfac_reference(xi: float, gamma: float, interval: int, conv_factors: str) -> Reference:
     """Eq. 5 via ``kron(Q + γ_L I, R + γ_R I)``, refreshed every ``interval`` steps."""
 

@@ -125,6 +125,36 @@ def test_eva_finds_resnet20_layers_and_steps() -> None:
     assert not torch.equal(before[0], after[0].detach())
 
 
+# (extra timm keywords, input side): small inputs every layer still accepts
+SMALL_TIMM_INPUTS: dict[str, tuple[dict, int]] = {
+    "resnet50": ({}, 32),
+    "inception_v4": ({}, 75),  # its stem's smallest input; 1×7 and 7×1 convolutions
+    "vit_b16": ({"img_size": 32}, 32),
+    "efficientnet_b0": ({}, 32),  # grouped (depthwise) convolutions: skipped with a warning
+}
+
+
+@pytest.mark.filterwarnings("ignore:eva. skipping grouped convolution")
+@pytest.mark.parametrize("name", sorted(SMALL_TIMM_INPUTS))
+def test_eva_family_steps_on_timm_models(name: str) -> None:
+    """Every layer geometry of the ImageNet models goes through the statistics and the step
+    (Inception-v4's 1×k convolutions once failed building their patch operator)."""
+    kwargs, size = SMALL_TIMM_INPUTS[name]
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **kwargs)
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
+    for cls in (eva.Eva, eva.EvaF, eva.EvaS):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        preconditioner = cls(model, optimizer)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        preconditioner.step()
+        stepped = [layer for layer in preconditioner.layers if layer.has_grad()]
+        assert stepped and all(preconditioner.ready(preconditioner.state[x.name]) for x in stepped)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        preconditioner.remove_hooks()
+
+
 @pytest.mark.parametrize("name", sorted(TIMM_SIZES))
 def test_timm_parameter_counts(name: str) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
