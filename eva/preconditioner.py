@@ -276,13 +276,7 @@ class Preconditioner:
         return self.steps % self.update_interval == 0
 
     def _capturing(self, module: nn.Module) -> bool:
-        # refresh_step written out: this runs in every layer's forward
-        return (
-            self.enabled
-            and module.training
-            and self.steps % self.update_interval == 0
-            and torch.is_grad_enabled()
-        )
+        return self.enabled and self.refresh_step and module.training and torch.is_grad_enabled()
 
     def _accumulate(self, layer: Layer, key: str, value: Tensor, count: int = 1) -> None:
         """Add ``value`` to this step's ``key`` of ``layer``; ``count=0`` for a placeholder that

@@ -152,20 +152,13 @@ def patch_mean(conv: nn.Conv2d, image: Tensor) -> Tensor:
 
 
 def conv_input_mean(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """:func:`patch_mean` of :func:`batch_mean` for a batch ``(N, C, H, W)``.
-
-    In eager mode, for a contiguous batch and a one-matrix patch operator, the two are one chain
-    of two matrix products, ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L`` (this runs for every convolution at
-    every step: its fixed cost counts at small batches).
-    """
-    if compiling() or not x.is_contiguous() or not zero_padded(conv):
-        return patch_mean(conv, batch_mean(x))
-    n, c, h, w = x.shape
-    operators = _cached_patch_operators(_geometry(conv, h, w), x.device, x.dtype)  # type: ignore[arg-type]
-    if len(operators) != 1:
-        return patch_mean(conv, batch_mean(x))
-    ones = _cached_ones_over_n(n, x.device, x.dtype).unsqueeze(0)
-    return torch.mm(torch.mm(ones, x.view(n, c * h * w)).view(c, h * w), operators[0]).view(-1)
+    """:func:`patch_mean` of :func:`batch_mean` for a batch ``(N, C, H, W)``; where a
+    :class:`MeanPlan` applies, the two are one chain of two matrix products,
+    ``(1ᵀ/N · X) · (Rᵀ ⊗ Sᵀ)/L``."""
+    plan = mean_plan(conv, x)
+    if plan is not None and plan.fits(x):
+        return plan(x, False)
+    return patch_mean(conv, batch_mean(x))
 
 
 class MeanPlan:

@@ -22,16 +22,18 @@ RUNNING_AVG = 0.95  # Eva's default ξ
 
 
 class CountedPlan:
-    """A :class:`~eva.statistics.MeanPlan` that records its layer at every read."""
+    """A :class:`~eva.statistics.MeanPlan` that records its layer at every read (except inside
+    ``input_mean``, which counts itself)."""
 
-    def __init__(self, plan: statistics.MeanPlan, layer: nn.Module, calls: list) -> None:
-        self.plan, self.layer, self.calls = plan, layer, calls
+    def __init__(self, plan: statistics.MeanPlan, layer: nn.Module, calls: list, inside: list):
+        self.plan, self.layer, self.calls, self.inside = plan, layer, calls, inside
 
     def fits(self, x: Tensor) -> bool:
         return self.plan.fits(x)
 
     def __call__(self, x: Tensor, bias: bool) -> Tensor:
-        self.calls.append(self.layer)
+        if not self.inside:
+            self.calls.append(self.layer)
         return self.plan(x, bias)
 
 
@@ -39,15 +41,20 @@ def count_input_means(monkeypatch) -> list[nn.Module]:
     """The layers whose input is read for ā (``statistics.input_mean`` or a ``MeanPlan``),
     call by call."""
     calls: list[nn.Module] = []
+    inside: list[bool] = []  # non-empty while input_mean runs
     original, original_plan = statistics.input_mean, statistics.mean_plan
 
     def counted(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
         calls.append(layer)
-        return original(layer, x, bias)
+        inside.append(True)
+        try:
+            return original(layer, x, bias)
+        finally:
+            inside.pop()
 
     def counted_plan(layer: nn.Module, x: Tensor) -> CountedPlan | None:
         plan = original_plan(layer, x)
-        return None if plan is None else CountedPlan(plan, layer, calls)
+        return None if plan is None else CountedPlan(plan, layer, calls, inside)
 
     monkeypatch.setattr(statistics, "input_mean", counted)
     monkeypatch.setattr(statistics, "mean_plan", counted_plan)
