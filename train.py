@@ -197,6 +197,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@torch.no_grad()
+def check_input_shape(
+    model: nn.Module, shape: tuple[int, ...], cfg: DictConfig, device: torch.device
+) -> None:
+    """One forward of a zero input in eval mode: a model that cannot take the dataset's inputs
+    (e.g. ViT-B/16 built for 224 pixels on 32-pixel CIFAR) is a configuration mistake, reported
+    in one line before anything runs."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *shape, device=device))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model {cfg.model.name} does not take the inputs of dataset {cfg.dataset.name} "
+            f"(shape {tuple(shape)}): {first} (dataset.resize=N, or for timm's ViT "
+            "+model.kwargs.img_size=N, can make image sizes agree)"
+        ) from err
+    finally:
+        model.train(was_training)
+
+
 def build_run(cfg: DictConfig, workers: Workers) -> Run:
     """Data, model, optimizer, preconditioner, schedule — all from the config."""
     random.seed(cfg.seed)
@@ -207,6 +229,7 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
     if data.task == "classify":
         model_kwargs.setdefault("num_classes", data.num_classes)
     model = build_model(cfg.model.name, **model_kwargs).to(workers.device)
+    check_input_shape(model, data.input_shape, cfg, workers.device)
     net: nn.Module = model
     if workers.world_size > 1:
         device_ids = [workers.device.index] if workers.device.type == "cuda" else None

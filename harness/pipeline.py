@@ -32,6 +32,7 @@ class Data:
     test: Any
     task: str  # "classify" or "autoencode"
     num_classes: int | None
+    input_shape: tuple[int, ...]  # of one input as the model receives it (after any resize)
 
 
 def subset(split: tuple[torch.Tensor, torch.Tensor], size: int | None, key: str) -> tuple:
@@ -111,4 +112,5 @@ def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed:
         num_workers=trainer.num_workers,
     )
     task = "autoencode" if splits.autoencoder else "classify"
-    return Data(train, test, task, splits.num_classes)
+    shape = splits.input_shape if resize is None else (splits.input_shape[0], resize, resize)
+    return Data(train, test, task, splits.num_classes, tuple(shape))

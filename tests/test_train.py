@@ -299,6 +299,18 @@ def test_bad_value_exits_2_with_one_line(cli, tiny, tmp_path, override, key):
     assert not (out / "adhoc" / "bad" / "record.json").exists()
 
 
+def test_model_that_cannot_take_the_inputs_exits_2_with_one_line(cli, tiny, tmp_path):
+    """ResNet-20 (3 input channels) on one-channel images: one line naming model and dataset,
+    before any record is written."""
+    out = tmp_path / "runs"
+    shape = [o for o in tiny if not o.startswith("dataset.input_shape=")]
+    proc = cli([*shape, "dataset.input_shape=[1,8,8]", "name=bad", f"out_root={out}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "resnet20 does not take the inputs of dataset synthetic (shape (1, 8, 8))" in line
+    assert not (out / "adhoc" / "bad" / "record.json").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
