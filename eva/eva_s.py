@@ -46,21 +46,23 @@ def contract(t: Tensor, vectors: list[Tensor]) -> Tensor:
     return t
 
 
-def unit_vectors(vectors: list[Tensor], damping: float) -> tuple[list[Tensor], Tensor]:
-    """The ``v_i`` scaled to unit length (a zero vector stays zero), and
-    ``r = Π‖v_i‖² / (γ + Π‖v_i‖²)``.
+def unit_vectors(vectors: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """The ``v_i`` scaled to unit length (a zero vector stays zero), and their norms (stacked).
 
     Eq. 23's correction ``⟨G, V⟩ / (γ + ‖V‖²) · V`` with ``V = v_1 ∘ ⋯ ∘ v_k`` (``‖V‖ = Π‖v_i‖``)
-    is ``r ⟨G, U⟩ U`` with ``U`` the outer product of the unit vectors. Written so, nothing
-    grows with the vectors: the product of k squared norms (and ``⟨G, V⟩``) overflows float32
-    once the norms are large — large gradients, or running sums over many steps — and the
-    printed form then gives NaN; here ``r`` is a sigmoid of log norms, which tends to 1.
+    is ``r ⟨G, U⟩ U`` with ``U`` the outer product of the unit vectors and ``r`` of
+    :func:`norm_ratio`. Written so, nothing grows with the vectors: the product of k squared
+    norms (and ``⟨G, V⟩``) overflows float32 once the norms are large — large gradients, or
+    running sums over many steps — and the printed form then gives NaN.
     """
-    norms = torch.stack([torch.linalg.vector_norm(v) for v in vectors])
-    units = [
-        v / n.clamp(min=torch.finfo(v.dtype).tiny) for v, n in zip(vectors, norms, strict=True)
-    ]
-    return units, torch.sigmoid(2 * norms.log().sum() - math.log(damping))
+    norms = torch.stack(torch._foreach_norm(vectors))
+    tiny = torch.finfo(norms.dtype).tiny
+    return torch._foreach_div(vectors, list(norms.clamp(min=tiny).unbind())), norms
+
+
+def norm_ratio(norms: Tensor, damping: float) -> Tensor:
+    """``r = Π‖v_i‖² / (γ + Π‖v_i‖²)`` as a sigmoid of log norms (tends to 1, never overflows)."""
+    return torch.sigmoid(2 * norms.log().sum() - math.log(damping))
 
 
 class EvaS(Preconditioner):
@@ -95,9 +97,9 @@ class EvaS(Preconditioner):
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 23 for one weight tensor (in the overflow-free form of :func:`unit_vectors`)."""
-        us, r = unit_vectors([state[f"v{i}"] for i in range(grad.dim())], self.damping)
+        us, norms = unit_vectors([state[f"v{i}"] for i in range(grad.dim())])
         gamma = self.damping
-        coef = r * contract(grad, us)
+        coef = norm_ratio(norms, gamma) * contract(grad, us)
         # −coef/γ · u_1 ∘ ⋯ ∘ u_k + G/γ: one pass over G to contract, one to write P
         return outer([us[0] * (-coef / gamma), *us[1:]]).add_(grad, alpha=1 / gamma)
 
@@ -112,10 +114,12 @@ class EvaS(Preconditioner):
         return [state[f"v{i}"] for i in range(sum(key[0] == "v" for key in state))]
 
     def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
-        return outer(unit_vectors(self._vectors(state)[1:], self.damping)[0]).flatten()
+        return outer(unit_vectors(self._vectors(state)[1:])[0]).flatten()
 
     def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
         """``u = −r ⟨G, u_1 ∘ ⋯ ∘ u_k⟩ / γ · u_1`` (= Eq. 23's ``−⟨G, V⟩ / (γ (γ + ‖V‖²)) · v_1``
         scaled to the unit ``v`` above)."""
-        us, r = unit_vectors(self._vectors(state), self.damping)
-        return us[0] * ((us[0] @ gv) * (-r / self.damping))
+        vs = self._vectors(state)
+        norms = torch.stack(torch._foreach_norm(vs))
+        u1 = vs[0] / norms[0].clamp(min=torch.finfo(norms.dtype).tiny)
+        return u1 * ((u1 @ gv) * norm_ratio(norms, self.damping) * (-1 / self.damping))
