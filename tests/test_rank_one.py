@@ -193,3 +193,29 @@ def test_layers_of_different_dtypes_step_layer_by_layer() -> None:
         assert not pre._rank_one_rows  # never stacked
         runs.append(steps)
     assert_runs_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scaling", ["kl_clip", "kl_norm", None])
+def test_non_finite_gradients_stay_non_finite_in_every_form(scaling, monkeypatch) -> None:
+    """An inf in one gradient (fp32 overflow without a loss scaler): the CPU form must not drop
+    it (``addmm_`` ignores ``G`` when its factor is 0), so every form leaves the same entries
+    non-finite and the training loop can see the step diverge."""
+
+    def grads(cpu_forms: bool | None) -> list[torch.Tensor]:
+        monkeypatch.setattr(rank_one, "CPU_FORMS", bool(cpu_forms))
+        cls = eva.Eva
+        if cpu_forms is None:
+            cls = type("GenericEva", (eva.Eva,), {"_rank_one_applies": lambda self: False})
+        model = _model()
+        pre = cls(model, torch.optim.SGD(model.parameters(), lr=0.3), scaling=scaling)
+        x = torch.randn(7, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        F.cross_entropy(model(x), torch.arange(7) % 3).backward()
+        model[0].weight.grad[0, 0, 0, 0] = float("inf")
+        pre.step()
+        return [torch.isfinite(p.grad) for p in model.parameters()]
+
+    want = grads(None)
+    assert not all(w.all() for w in want)
+    for cpu_forms in (True, False):
+        for got, expected in zip(grads(cpu_forms), want, strict=True):
+            assert torch.equal(got, expected), (cpu_forms, got, expected)
