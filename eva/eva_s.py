@@ -56,8 +56,12 @@ def unit_vectors(vectors: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     running sums over many steps — and the printed form then gives NaN.
     """
     norms = torch.stack(torch._foreach_norm(vectors))
-    tiny = torch.finfo(norms.dtype).tiny
-    return torch._foreach_div(vectors, list(norms.clamp(min=tiny).unbind())), norms
+    return torch._foreach_div(vectors, list(_divisor(norms).unbind())), norms
+
+
+def _divisor(norms: Tensor) -> Tensor:
+    """Norms to divide by: a zero norm (zero vector) becomes the smallest normal number."""
+    return norms.clamp(min=torch.finfo(norms.dtype).tiny)
 
 
 def norm_ratio(norms: Tensor, damping: float) -> Tensor:
@@ -121,5 +125,5 @@ class EvaS(Preconditioner):
         scaled to the unit ``v`` above)."""
         vs = self._vectors(state)
         norms = torch.stack(torch._foreach_norm(vs))
-        u1 = vs[0] / norms[0].clamp(min=torch.finfo(norms.dtype).tiny)
+        u1 = vs[0] / _divisor(norms[0])
         return u1 * ((u1 @ gv) * norm_ratio(norms, self.damping) * (-1 / self.damping))

@@ -323,8 +323,8 @@ class Preconditioner:
             if plan is _NO_PLAN:
                 if len(plans) >= 8:  # input shapes keep changing: keep the latest
                     plans.clear()
-                fits = x.dtype == layer.weight.dtype
-                plan = plans[x.shape] = statistics.mean_plan(module, x) if fits else None
+                same_dtype = x.dtype == layer.weight.dtype  # else the general route casts
+                plan = plans[x.shape] = statistics.mean_plan(module, x) if same_dtype else None
             if plan is not None and plan.fits(x):
                 bias = layer.has_bias and self.include_bias
                 self._accumulate(layer, "a_mean", plan(x.detach(), bias))
