@@ -289,7 +289,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         str(run_dir),
     )
     if record:
-        record.start(resolved, " ".join(sys.argv), resumed)
+        device = workers.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        record.start(resolved, " ".join(sys.argv), resumed, device=name)
     metrics: dict[str, float] = {}
     try:
         while run.epoch < cfg.trainer.epochs:

@@ -86,8 +86,11 @@ class RunRecord:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def start(self, config: dict[str, Any], command: str, resumed: bool) -> None:
-        """Mark the run as running, keeping phases/metrics of a resumed run."""
+    def start(
+        self, config: dict[str, Any], command: str, resumed: bool, device: str | None = None
+    ) -> None:
+        """Mark the run as running, keeping phases/metrics of a resumed run. ``device`` names
+        what the run computes on (e.g. ``NVIDIA H200``); the CPU's model is always recorded."""
         self.data.update(
             config=config,
             command=command,
@@ -96,6 +99,8 @@ class RunRecord:
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
+                "cpu": cpu_model(),
+                "device": device or "cpu",
             },
             status="running",
             error=None,

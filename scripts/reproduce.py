@@ -4,6 +4,7 @@
     python scripts/reproduce.py fig4 fig7 --scale smoke
     python scripts/reproduce.py table4 --scale paper --dry-run          # print the commands
     python scripts/reproduce.py table4 --scale paper -o hydra/launcher=slurm_8x4
+    python scripts/reproduce.py table4 table9 fig3 fig5 fig8 --scale cpu --jobs 12  # one big GPU
 
 Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/bench/``, renders
 (Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/``. With complete records a target only
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.repro.grids import SCALES, TARGETS, target  # noqa: E402
 from scripts.repro.render import render  # noqa: E402
-from scripts.repro.run import Layout, run_target  # noqa: E402
+from scripts.repro.run import Layout, run_targets  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +42,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra train.py override for every sweep (repeatable), e.g. hydra/launcher=slurm_8x4",
     )
     parser.add_argument("--nproc", type=int, default=1, help="torchrun workers per run (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side, each its own process (default 1: one Hydra multirun per sweep)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="with --jobs > 1: seconds after which nothing new starts and running runs are "
+        "stopped (their checkpoints stay; the next call resumes them)",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,27 +69,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc < 1:
         print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    if args.time_limit is not None and args.time_limit <= 0:
+        print(f"error: --time-limit must be > 0 seconds, got {args.time_limit}", file=sys.stderr)
+        return 2
     layout = Layout(Path(args.results), args.scale)
+    notes: dict[str, list[str]] = {}
+    status = 0
+    if not args.render_only:
+        try:
+            notes = run_targets(
+                targets,
+                layout,
+                force=args.force,
+                dry_run=args.dry_run,
+                extra=args.override,
+                nproc=args.nproc,
+                jobs=args.jobs,
+                time_limit=args.time_limit,
+            )
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 1
+    if args.dry_run:
+        return status
     for tgt in targets:
-        notes: list[str] = []
-        if not args.render_only:
-            try:
-                notes = run_target(
-                    tgt,
-                    layout,
-                    force=args.force,
-                    dry_run=args.dry_run,
-                    extra=args.override,
-                    nproc=args.nproc,
-                )
-            except RuntimeError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-        if args.dry_run:
-            continue
-        for path in render(tgt, layout, notes):
+        for path in render(tgt, layout, notes.get(tgt.name, [])):
             print(f"wrote {path}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.records import RunRecord
-from scripts.repro.grids import Target
+from scripts.repro.grids import Sweep, Target
 from scripts.repro.run import Layout
+from scripts.repro.tuning import chosen_lr
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
 
@@ -75,10 +76,22 @@ class Run:
         return [int(row["epoch"]) * per_epoch for row in self.epochs]
 
 
+def target_sweeps(target: Target, layout: Layout) -> list[Sweep]:
+    """The target's sweeps, then each tuned setting's lr sweep and (once its rate is chosen)
+    its final seeds."""
+    sweeps = list(target.sweeps)
+    for tuned in target.tuned:
+        sweeps.append(tuned.sweep())
+        lr = chosen_lr(tuned, layout)
+        if lr is not None:
+            sweeps.append(tuned.final(lr))
+    return sweeps
+
+
 def load_runs(target: Target, layout: Layout) -> list[Run]:
-    """Every run the target's sweeps name, in grid order, with whatever record exists."""
+    """Every run the target names, in grid order, with whatever record exists."""
     runs = []
-    for sweep in target.sweeps:
+    for sweep in target_sweeps(target, layout):
         for overrides in sweep.runs():
             path = layout.run_dir(sweep, overrides)
             record = RunRecord(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.records import finished_run
 from scripts.repro.grids import Sweep, Target, run_dirname
+from scripts.repro.tuning import chosen_lr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,12 +119,27 @@ def sweep_command(
 
 
 def pending(target: Target, layout: Layout, force: bool = False) -> list[Sweep]:
-    """The target's sweeps with at least one run not finished (all of them with ``force``)."""
+    """The target's sweeps with at least one run not finished (all of them with ``force``);
+    a tuned setting contributes its learning-rate sweep here (its final seeds come after)."""
+    sweeps = [*target.sweeps, *(t.sweep() for t in target.tuned)]
     return [
         s
-        for s in target.sweeps
+        for s in sweeps
         if force or any(finished_run(layout.run_dir(s, r)) is None for r in s.runs())
     ]
+
+
+def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]]:
+    """The final-seed sweeps of the target's tuned settings whose rate is chosen, and a note for
+    each setting whose sweep is unfinished (or all diverged)."""
+    sweeps, notes = [], []
+    for tuned in target.tuned:
+        lr = chosen_lr(tuned, layout)
+        if lr is None:
+            notes.append(f"not run yet: {tuned.label} at its best lr (its lr sweep is unfinished)")
+        else:
+            sweeps.append(tuned.final(lr))
+    return sweeps, notes
 
 
 def bench_command(job_name: str, args: Sequence[str], layout: Layout) -> list[str]:
@@ -138,44 +154,103 @@ def bench_command(job_name: str, args: Sequence[str], layout: Layout) -> list[st
     ]
 
 
-def run_target(
-    target: Target,
+def _show(command: list[str]) -> str:
+    line = shlex.join(command[1:] if command[0] == sys.executable else command)
+    return f"$ python {line}" if command[0] == sys.executable else f"$ {line}"
+
+
+def _environment(jobs: int) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env.setdefault("WANDB_MODE", "offline")
+    if jobs > 1:  # runs side by side: one intra-op thread share each
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
+
+
+def run_targets(
+    targets: Sequence[Target],
     layout: Layout,
     *,
     force: bool = False,
     dry_run: bool = False,
     extra: Sequence[str] = (),
     nproc: int = 1,
-) -> list[str]:
-    """Launch the target's unfinished sweeps and benchmark calls; returns lines for the log.
+    jobs: int = 1,
+    time_limit: float | None = None,
+) -> dict[str, list[str]]:
+    """Launch the targets' unfinished runs and benchmark calls; returns log lines per target.
+
+    ``jobs == 1``: one ``train.py -m`` multirun per sweep, one after another (``extra`` may
+    name a Hydra launcher, e.g. Slurm); tuned settings first run their lr sweeps, then their
+    final seeds at the chosen rate. ``jobs > 1``: every run is its own process, up to ``jobs``
+    at a time (e.g. several small runs on one GPU), final seeds queued as soon as their sweep
+    has finished; each run's output goes to ``output.log`` in its directory. ``time_limit``
+    (seconds, parallel mode): launch nothing after it and stop the runs still going (their
+    checkpoints stay; the next call resumes them).
 
     Raises:
-        RuntimeError: a sweep or benchmark exited non-zero (its output has been shown).
+        RuntimeError: a sweep, run or benchmark exited non-zero (its output has been shown or
+            logged), or the time limit stopped runs.
     """
-    notes: list[str] = []
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    env.setdefault("WANDB_MODE", "offline")
-    commands: list[list[str]] = []
-    for sweep in pending(target, layout, force):
-        if data_overrides(sweep) is None:
-            notes.append(
-                f"not run: {sweep.experiment} sweep — CIFAR-10 images not found (unpack "
-                "cifar10-images.tar.gz into $EVA_DATA/cifar10-images or set EVA_CIFAR10_TARBALL)"
-            )
-            continue
-        commands.append(sweep_command(sweep, layout, extra, force, nproc))
-    for job in target.bench:
-        if force or not (layout.bench / f"{job.name}.json").exists():
-            commands.append(bench_command(job.name, job.args, layout))
-    for command in commands:
-        line = shlex.join(command[1:] if command[0] == sys.executable else command)
-        print(f"$ python {line}" if command[0] == sys.executable else f"$ {line}", flush=True)
+    notes: dict[str, list[str]] = {t.name: [] for t in targets}
+    env = _environment(jobs)
+    available = []
+    for target in targets:
+        for sweep in [*target.sweeps, *(t.sweep() for t in target.tuned)]:
+            if data_overrides(sweep) is None:
+                notes[target.name].append(
+                    f"not run: {sweep.experiment} sweep — CIFAR-10 images not found (unpack "
+                    "cifar10-images.tar.gz into $EVA_DATA/cifar10-images or set "
+                    "EVA_CIFAR10_TARBALL)"
+                )
+        if not any(n.startswith("not run:") for n in notes[target.name]):
+            available.append(target)
+    benches = [
+        bench_command(job.name, job.args, layout)
+        for target in targets
+        for job in target.bench
+        if force or not (layout.bench / f"{job.name}.json").exists()
+    ]
+    if jobs > 1 and not dry_run:
+        from scripts.repro.pool import RunPool
+
+        pool = RunPool(layout, available, force, extra, nproc, jobs, time_limit, env)
+        failures = pool.run()
+        for command in benches:
+            print(_show(command), flush=True)
+            if subprocess.run(command, cwd=ROOT, env=env).returncode != 0:
+                failures.append(f"benchmark {command[-1]}")
+        if failures:
+            raise RuntimeError(f"{len(failures)} run(s) did not finish: {'; '.join(failures)}")
+        return notes
+
+    def launch(command: list[str]) -> None:
+        print(_show(command), flush=True)
         if dry_run:
-            continue
+            return
         proc = subprocess.run(command, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{target.name}: a command exited with status {proc.returncode}")
+            raise RuntimeError(f"a command exited with status {proc.returncode}")
+
+    launched: set[tuple[str, ...]] = set()
+    for target in available:
+        for sweep in pending(target, layout, force):
+            command = sweep_command(sweep, layout, extra, force, nproc)
+            if tuple(command) not in launched:
+                launched.add(tuple(command))
+                launch(command)
+    for target in available:
+        finals, waiting = final_sweeps(target, layout)
+        notes[target.name] += waiting
+        for sweep in finals:
+            if force or any(finished_run(layout.run_dir(sweep, r)) is None for r in sweep.runs()):
+                command = sweep_command(sweep, layout, extra, force, nproc)
+                if tuple(command) not in launched:
+                    launched.add(tuple(command))
+                    launch(command)
+    for command in benches:
+        launch(command)
     return notes

@@ -1,0 +1,153 @@
+"""Run many small training runs side by side (``scripts/reproduce.py --jobs N``).
+
+Every run of the targets becomes one ``train.py -m`` process with a single job, so it lands in
+the same directory and record as in a sweep. Up to ``jobs`` run at a time; learning-rate sweeps
+of tuned settings start first, and a setting's final seeds are queued ahead of everything else
+as soon as its sweep has finished. Runs that several targets share run once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.records import finished_run
+from scripts.repro.grids import Sweep, Target, Tuned
+from scripts.repro.run import ROOT, Layout, sweep_command
+from scripts.repro.tuning import chosen_lr
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: the sweep it belongs to and its overrides."""
+
+    sweep: Sweep
+    run: dict[str, str]
+
+    def single(self) -> Sweep:
+        """A sweep of this run alone (its overrides all fixed)."""
+        return Sweep(self.sweep.experiment, {}, dict(self.run))
+
+
+class RunPool:
+    """Queue, launch and watch the runs of some targets (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        targets: Sequence[Target],
+        force: bool,
+        extra: Sequence[str],
+        nproc: int,
+        jobs: int,
+        time_limit: float | None,
+        env: dict[str, str],
+    ) -> None:
+        self.layout, self.force, self.extra, self.nproc = layout, force, list(extra), nproc
+        self.jobs, self.time_limit, self.env = jobs, time_limit, env
+        self.queue: list[Job] = []
+        self.seen: set[Path] = set()
+        self.pending: set[Path] = set()  # queued or running
+        self.waiting: list[Tuned] = []
+        for target in targets:
+            for tuned in target.tuned:
+                if tuned not in self.waiting:
+                    self.waiting.append(tuned)
+                self._add(tuned.sweep())
+        for target in targets:
+            for sweep in target.sweeps:
+                self._add(sweep)
+        # Every setting's first seed before any setting's second: a time limit then cuts seeds,
+        # not whole settings (stable: the lr sweeps stay ahead among the first seeds).
+        self.queue.sort(key=lambda job: int(job.run.get("seed", 0)))
+
+    def _add(self, sweep: Sweep, front: bool = False) -> None:
+        new = []
+        for run in sweep.runs():
+            path = self.layout.run_dir(sweep, run)
+            if path in self.seen:
+                continue
+            self.seen.add(path)
+            if self.force or finished_run(path) is None:
+                new.append(Job(sweep, run))
+                self.pending.add(path)
+        self.queue = new + self.queue if front else self.queue + new
+
+    def _release_finals(self) -> None:
+        for tuned in list(self.waiting):
+            sweep = tuned.sweep()
+            if any(self.layout.run_dir(sweep, r) in self.pending for r in sweep.runs()):
+                continue
+            lr = chosen_lr(tuned, self.layout)
+            if lr is not None:
+                self.waiting.remove(tuned)
+                self._add(tuned.final(lr), front=True)
+
+    def run(self) -> list[str]:
+        """Run everything queued; returns a line per run that did not finish."""
+        start = time.monotonic()
+        running: dict[subprocess.Popen[bytes], tuple[Job, float]] = {}
+        failures: list[str] = []
+        self._release_finals()
+        while self.queue or running:
+            out_of_time = self.time_limit is not None and time.monotonic() - start > self.time_limit
+            if out_of_time:
+                failures += self._stop(running)
+                failures += [f"{self._name(job)} (not started: time limit)" for job in self.queue]
+                break
+            while self.queue and len(running) < self.jobs:
+                job = self.queue.pop(0)
+                running[self._launch(job)] = (job, time.monotonic())
+            time.sleep(1.0)
+            for proc in [p for p in running if p.poll() is not None]:
+                job, began = running.pop(proc)
+                path = self._dir(job)
+                self.pending.discard(path)
+                done = finished_run(path)
+                status = done["status"] if done else f"exit {proc.returncode}, not finished"
+                print(f"[pool] {status}: {self._name(job)} ({time.monotonic() - began:.0f} s)")
+                if done is None:
+                    failures.append(f"{self._name(job)} ({status}; see {path}/output.log)")
+                self._release_finals()
+        for tuned in self.waiting:
+            failures.append(f"{tuned.label}: final seeds not run (lr sweep unfinished)")
+        return failures
+
+    def _dir(self, job: Job) -> Path:
+        return self.layout.run_dir(job.sweep, job.run)
+
+    def _name(self, job: Job) -> str:
+        return f"{job.sweep.experiment}/{self._dir(job).name}"
+
+    def _launch(self, job: Job) -> subprocess.Popen[bytes]:
+        path = self._dir(job)
+        path.mkdir(parents=True, exist_ok=True)
+        command = sweep_command(job.single(), self.layout, self.extra, self.force, self.nproc)
+        print(f"[pool] start: {self._name(job)}", flush=True)
+        with (path / "output.log").open("wb") as log:
+            return subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _stop(self, running: dict[subprocess.Popen[bytes], tuple[Job, float]]) -> list[str]:
+        """Stop every running run (SIGTERM to its process group, then SIGKILL)."""
+        for proc in running:
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return [f"{self._name(job)} (stopped: time limit)" for job, _ in running.values()]
