@@ -90,7 +90,15 @@ class RunRecord:
         self, config: dict[str, Any], command: str, resumed: bool, device: str | None = None
     ) -> None:
         """Mark the run as running, keeping phases/metrics of a resumed run. ``device`` names
-        what the run computes on (e.g. ``NVIDIA H200``); the CPU's model is always recorded."""
+        what the run computes on (e.g. ``NVIDIA H200``); the CPU's model is always recorded.
+        ``devices`` lists every device that computed some of the run's epochs, in order (a run
+        resumed on another machine has two)."""
+        devices: list[str] = []
+        if resumed:
+            earlier = self.data.get("host", {}).get("device")
+            devices = list(self.data.get("devices") or ([earlier] if earlier else []))
+        if not devices or devices[-1] != (device or "cpu"):
+            devices.append(device or "cpu")
         self.data.update(
             config=config,
             command=command,
@@ -102,6 +110,7 @@ class RunRecord:
                 "cpu": cpu_model(),
                 "device": device or "cpu",
             },
+            devices=devices,
             status="running",
             error=None,
             resumed=resumed or self.data.get("resumed", False),

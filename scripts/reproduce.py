@@ -14,6 +14,7 @@ re-renders; ``--force`` reruns it. What each target runs at each scale: ``script
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -52,14 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--time-limit",
         type=float,
         default=None,
-        help="with --jobs > 1: seconds after which nothing new starts and running runs are "
-        "stopped (their checkpoints stay; the next call resumes them)",
+        help="seconds after which nothing new starts and running runs are stopped (their "
+        "checkpoints stay; the next call resumes them); runs each run as its own process, "
+        "every setting's first seed before any second seed",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM as SystemExit, so that runs started side by side (--jobs) are stopped with us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = list(TARGETS) if args.targets == ["all"] else args.targets
     try:
         targets = [target(name, args.scale) for name in names]

@@ -38,11 +38,11 @@ OPTIMIZERS = {
     "adagrad": (torch.optim.Adagrad, None, {}),
     "adamw": (torch.optim.AdamW, None, {}),
     "sgd": (torch.optim.SGD, None, {}),
-    "eva": (torch.optim.SGD, eva.Eva, {"kl_clip": 0.001, "damping": 0.03}),
+    "eva": (torch.optim.SGD, eva.Eva, {"kl_clip": 0.001, "damping": 0.03, "stat_batch": None}),
     "eva_f": (torch.optim.SGD, eva.EvaF, {"scaling": "kl_norm"}),
     "eva_s": (torch.optim.SGD, eva.EvaS, {"scaling": "graft"}),
     "eva_no_klclip": (torch.optim.SGD, eva.Eva, {"kl_clip": None}),
-    "eva_no_kv": (torch.optim.SGD, eva.EvaGradNorm, {}),
+    "eva_no_kv": (torch.optim.SGD, eva.EvaGradNorm, {"kl_clip": None}),  # as the authors ran it
     "eva_no_momentum": (torch.optim.SGD, eva.Eva, {"kl_clip": 0.001}),
     "foof": (torch.optim.SGD, eva.FOOF, {"rank": None, "update_interval": 50}),
     "foof_rank1": (torch.optim.SGD, eva.FOOF, {"rank": 1}),
@@ -111,6 +111,30 @@ def test_presets_set_what_their_comments_say(compose):
     assert auto.dataset.autoencoder is True and auto.trainer.batch_size == 1000
     inet = compose(["experiment=imagenet", "optimizer=kfac"])
     assert (inet.model.name, inet.dataset.name, inet.optimizer.lr) == ("resnet50", "imagenet", 1.2)
+
+
+def test_cpu_full_preset_is_the_full_jpeg_copy(compose):
+    cfg = compose(["experiment=cpu_cifar_full"])
+    assert (cfg.model.name, cfg.dataset.name, cfg.schedule.name) == (
+        "resnet20",
+        "cifar10_images",
+        "cosine",
+    )
+    assert cfg.dataset.get("train_subset") is None and cfg.dataset.get("test_subset") is None
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer.lr) == (10, 128, 0.1)
+    assert cfg.schedule.warmup_epochs == 0.5 and cfg.group == "cpu_cifar_full"
+
+
+@pytest.mark.parametrize("choice", ["eva", "kfac", "eva_f", "foof"])
+def test_one_override_gives_the_authors_16_sample_statistics(compose, choice):
+    """``optimizer.stat_batch=16`` reaches the preconditioner; the default is the whole batch."""
+    model = build_model("resnet20")
+    for overrides, expected in (([], None), (["optimizer.stat_batch=16"], 16)):
+        cfg = compose([f"optimizer={choice}", *overrides]).optimizer
+        optimizer = instantiate(cfg.base, params=model.parameters())
+        preconditioner = instantiate(cfg.preconditioner, model=model, optimizer=optimizer)
+        assert preconditioner.stat_batch == expected
+        preconditioner.remove_hooks()
 
 
 def test_choices_are_all_covered():

@@ -92,6 +92,20 @@ def test_resumed_start_keeps_history_fresh_start_clears_it(tmp_path):
     assert RunRecord(tmp_path).data["status"] == "running"
 
 
+def test_devices_list_every_machine_that_ran_epochs(tmp_path):
+    """A run started on a GPU and resumed on the CPU names both, in order; a fresh start, one."""
+    RunRecord(tmp_path).start(CONFIG, "cmd", resumed=False, device="NVIDIA H200")
+    gpu = RunRecord(tmp_path).data
+    assert gpu["devices"] == ["NVIDIA H200"] and gpu["host"]["device"] == "NVIDIA H200"
+    RunRecord(tmp_path).start(CONFIG, "cmd", resumed=True)
+    RunRecord(tmp_path).start(CONFIG, "cmd", resumed=True)  # resumed again on the same CPU
+    both = RunRecord(tmp_path).data
+    assert both["devices"] == ["NVIDIA H200", "cpu"] and both["host"]["device"] == "cpu"
+    assert both["host"]["cpu"]  # the CPU's model is always recorded
+    RunRecord(tmp_path).start(CONFIG, "cmd", resumed=False)
+    assert RunRecord(tmp_path).data["devices"] == ["cpu"]
+
+
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "record.json"
     atomic_write_text(path, "old\n")

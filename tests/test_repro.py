@@ -10,26 +10,42 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from harness.pipeline import subset
 from harness.records import RunRecord
 from scripts.repro import records as repro_records
-from scripts.repro.grids import SCALES, TARGETS, Sweep, run_dirname, target
+from scripts.repro import run as repro_run
+from scripts.repro.grids import SCALES, TARGETS, Sweep, fmt, run_dirname, target
 from scripts.repro.render import render
 from scripts.repro.run import EXCLUDE_KEYS, Layout, pending
+from scripts.repro.tuning import chosen_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "paper" / "eva-paper.txt"
 
 
-def fabricate(layout: Layout, sweep: Sweep, run: dict[str, str], summary: dict, curve=()) -> Path:
-    """A completed run's record, as train.py writes it, with chosen numbers."""
+def fabricate(
+    layout: Layout, sweep: Sweep, run: dict[str, str], summary: dict, curve=(), config=None
+) -> Path:
+    """A completed run's record, as train.py writes it, with chosen numbers (``config``: the
+    run's overrides to write into its config, e.g. ``optimizer.lr``)."""
     record = RunRecord(layout.run_dir(sweep, run))
-    optimizer = {"name": run.get("optimizer", "kfac")}
+    optimizer: dict = {"name": run.get("optimizer", "kfac")}
     if optimizer["name"] in ("kfac", "shampoo"):
         optimizer["update_interval"] = int(run.get("optimizer.update_interval", 10))
-    record.start({"optimizer": optimizer}, "fabricated", False)
+    tree: dict = {"optimizer": optimizer}
+    for key, value in (config or {}).items():
+        if key in ("optimizer", "model", "dataset"):
+            tree.setdefault(key, {})["name"] = value
+            continue
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    record.start(tree, "fabricated", False)
     for row in curve:
         record.log_epoch(row)
     record.finish("completed", summary=summary)
@@ -43,7 +59,9 @@ def fabricate(layout: Layout, sweep: Sweep, run: dict[str, str], summary: dict, 
 def test_every_run_composes_into_its_preset_group(scale, compose):
     """Each grid run is a valid train.py config; its folder is <group = preset name>/<dirname>."""
     for name in TARGETS:
-        for sweep in target(name, scale).sweeps:
+        tgt = target(name, scale)
+        sweeps = [*tgt.sweeps, *(t.sweep() for t in tgt.tuned), *(t.final(0.1) for t in tgt.tuned)]
+        for sweep in sweeps:
             for run in sweep.runs()[:2]:
                 overrides = [
                     f"experiment={sweep.experiment}",
@@ -110,26 +128,64 @@ def test_paper_numbers_are_in_the_paper():
 # ------------------------------------------------------------------------- rendering records
 
 
-def test_table4_renders_cells_from_fabricated_records(tmp_path):
+def _fixed_overrides(tuned) -> dict[str, str]:
+    return {k: fmt(v) for k, v in tuned.fixed.items()}
+
+
+def test_table4_picks_each_settings_best_lr_then_runs_its_seeds(tmp_path):
+    """Tuned rows: the final seeds wait for the whole lr sweep, run at the best lr (ties: the
+    smaller), and the table shows the sweep, the choice and the verdicts against SGD."""
     layout = Layout(tmp_path, "cpu")
     tgt = target("table4", "cpu")
-    acc = {"sgd": 0.50, "kfac": 0.60, "eva": 0.61}
-    for sweep in tgt.sweeps:
-        for run in sweep.runs():
-            bump = 0.01 * int(run["seed"]) + 0.02 * int(run["trainer.epochs"])
-            fabricate(layout, sweep, run, {"test_acc": acc[run["optimizer"]] + bump})
+    assert [t.label for t in tgt.tuned] == [
+        "optimizer=sgd",
+        "optimizer=kfac",
+        "optimizer=kfac,optimizer.stat_batch=16",
+        "optimizer=eva",
+        "optimizer=eva,optimizer.stat_batch=16",
+    ]
+    sweep_acc = {  # seed 0 at lr 0.05, 0.1, 0.2
+        "optimizer=sgd": (0.80, 0.82, 0.81),
+        "optimizer=kfac": (0.83, 0.83, 0.80),  # tie: the smaller lr wins
+        "optimizer=kfac,optimizer.stat_batch=16": (0.80, 0.81, 0.84),
+        "optimizer=eva": (0.85, 0.84, 0.83),
+        "optimizer=eva,optimizer.stat_batch=16": (0.79, 0.80, 0.81),
+    }
+    for tuned in tgt.tuned:
+        sweep = tuned.sweep()
+        for run, acc in zip(sweep.runs()[:2], sweep_acc[tuned.label], strict=False):
+            fabricate(layout, sweep, run, {"test_acc": acc}, config=run)
+    assert chosen_lr(tgt.tuned[0], layout) is None  # lr 0.2 still missing
+    notes = repro_run.run_targets([tgt], layout, dry_run=True)["table4"]
+    assert sum("its lr sweep is unfinished" in n for n in notes) == 5
+    for tuned in tgt.tuned:
+        sweep = tuned.sweep()
+        fabricate(
+            layout,
+            sweep,
+            sweep.runs()[2],
+            {"test_acc": sweep_acc[tuned.label][2]},
+            config=sweep.runs()[2],
+        )
+    chosen = [chosen_lr(t, layout) for t in tgt.tuned]
+    assert chosen == [0.1, 0.05, 0.2, 0.05, 0.2]
+    for tuned, lr in zip(tgt.tuned, chosen, strict=True):
+        final = tuned.final(lr)
+        assert [r["seed"] for r in final.runs()] == ["1", "2"]
+        for run in final.runs():
+            acc = sweep_acc[tuned.label][tuned.lrs.index(lr)] + 0.01 * int(run["seed"])
+            fabricate(layout, final, run, {"test_acc": acc}, config=run)
+    assert not repro_run.pending(tgt, layout)
     md = render(tgt, layout)[0].read_text()
-    # seeds 0, 1, 2 → +0, +1, +2 points: mean +1, sample std 1.00
-    assert (
-        "| ResNet-20 | CIFAR-10 (JPEG) | 2 (≙ 50) | 55.00 ± 1.00 | 65.00 ± 1.00 | 66.00 ± 1.00 |"
-        in md
-    )
-    assert "| 8 (≙ 200) | 67.00 ± 1.00 |" in md
-    assert "| 90.98 ± 0.6 | 93.03 ± 0.1 | 93.02 ± 0.3 | +11.00 | +1.00 |" in md  # paper ResNet-110
-    assert "Eva > SGD in 3 of 3 settings; |Eva − K-FAC| ≤ 1 point in 3 of 3" in md
-    assert "Runs: 27 of 27 completed" in md
-    tex = (layout.renders / "table4.tex").read_text()
-    assert r"55.00 $\pm$ 1.00" in tex and r"\begin{tabular}" in tex
+    # SGD at 0.1: seeds 82, 83, 84 → 83.00 ± 1.00; Eva at 0.05: 85, 86, 87 → 86.00 ± 1.00
+    assert "| SGD | 80.00 | 82.00 | 81.00 | 0.1 | 83.00 ± 1.00 | — |" in md
+    row = "| Eva, whole-batch statistics | 85.00 | 84.00 | 83.00 | 0.05 | 86.00 ± 1.00 |"
+    assert row + " +3.00 ± 0.82 (higher) | 93.76 ± 0 |" in md
+    assert "| K-FAC, 16-sample statistics | 80.00 | 81.00 | 84.00 | 0.2 | 85.00 ± 1.00 |" in md
+    assert "With whole-batch statistics: Eva − SGD +3.00 ± 0.82 (higher)" in md
+    assert "K-FAC − SGD +1.00 ± 0.82 (no difference)" in md
+    assert "does not hold at this scale" in md
+    assert "Runs: 25 of 25 completed" in md
 
 
 def test_missing_and_diverged_runs_are_said_so(tmp_path):
@@ -156,24 +212,25 @@ def test_missing_and_diverged_runs_are_said_so(tmp_path):
 
 def test_figures_render_png_pdf_and_time_to_target(tmp_path):
     layout = Layout(tmp_path, "cpu")
-    tgt = target("fig5", "cpu")
-    # accuracy per epoch and seconds per epoch: Eva reaches SGD's final 70 % at epoch 2 (20 s)
+    tgt = target("fig6", "cpu")
+    # accuracy per epoch and seconds per epoch; the target is the lowest final accuracy (71 %)
     curves = {
-        "sgd": ([40, 55, 65, 70], 8.0),
-        "kfac": ([50, 65, 70, 72], 12.0),
-        "shampoo": ([45, 60, 66, 71], 30.0),
+        "10": ([50, 65, 70, 72], 12.0),
         "eva": ([50, 70, 72, 73], 10.0),
+        "1": ([55, 70, 71, 71], 30.0),
+        "50": ([40, 60, 71, 74], 8.0),
     }
     for sweep in tgt.sweeps:
         for run in sweep.runs():
-            accs, seconds = curves[run["optimizer"]]
+            key = "eva" if run["optimizer"] == "eva" else run.get("optimizer.update_interval", "10")
+            accs, seconds = curves[key]
             rows = [
                 {
                     "epoch": e + 1,
                     "test_acc": a / 100,
                     "train_loss": 2.0 - e / 4,
                     # a burst of other load in one epoch is not charged (median per epoch)
-                    "train_seconds": 1000.0 if e == 0 and run["optimizer"] == "sgd" else seconds,
+                    "train_seconds": 1000.0 if e == 0 and key == "1" else seconds,
                 }
                 for e, a in enumerate(accs)
             ]
@@ -183,10 +240,60 @@ def test_figures_render_png_pdf_and_time_to_target(tmp_path):
     assert all(p.stat().st_size > 1000 for p in written if p.suffix != ".md")
     md = written[0].read_text()
     assert (
-        "target 70.00% (SGD's final accuracy): SGD 32 s (1.60× Eva), K-FAC@10 36 s (1.80× Eva), "
-        in md
+        "target 71.00% (the lowest final accuracy): K-FAC@10 48 s (1.60× Eva), Eva 30 s "
+        "(1.00× Eva), K-FAC@1 90 s (3.00× Eva), K-FAC@50 24 s (0.80× Eva)." in md
     )
-    assert "Shampoo@10 120 s (6.00× Eva), Eva 20 s (1.00× Eva)" in md
+
+
+def test_fig5_times_tuned_runs_by_their_benchmarked_step_time(tmp_path):
+    """Fig. 5 with tuned settings: each at its chosen lr, seconds = steps × the benchmark's mean
+    ms per step (16-sample rows timed as their method), target = the lowest final mean."""
+    layout = Layout(tmp_path, "cpu")
+    tgt = target("fig5", "cpu")
+    curves = {  # test accuracy per epoch (3 epochs of 100 steps), the same for every seed
+        "optimizer=sgd": [60, 70, 80],
+        "optimizer=kfac": [65, 78, 82],
+        "optimizer=kfac,optimizer.stat_batch=16": [62, 75, 81],
+        "optimizer=eva": [70, 80, 83],
+        "optimizer=eva,optimizer.stat_batch=16": [60, 72, 79],
+    }
+
+    def rows(accs):
+        return [
+            {"epoch": e + 1, "step": 100 * (e + 1), "test_acc": a / 100, "train_loss": 1.0}
+            for e, a in enumerate(accs)
+        ]
+
+    for tuned in tgt.tuned:
+        accs = curves[tuned.label]
+        sweep = tuned.sweep()
+        for run in sweep.runs():  # lr 0.1 is best: the others end 5 points lower
+            end = accs[-1] - (0 if run["optimizer.lr"] == "0.1" else 5)
+            fabricate(layout, sweep, run, {"test_acc": end / 100}, rows(accs), config=run)
+        for run in tuned.final(0.1).runs():
+            fabricate(
+                layout, tuned.final(0.1), run, {"test_acc": accs[-1] / 100}, rows(accs), config=run
+            )
+    shampoo = tgt.sweeps[0]
+    for run in shampoo.runs():
+        fabricate(layout, shampoo, run, {"test_acc": 0.85}, rows([75, 82, 85]), config=run)
+    times = {"sgd": 1000.0, "kfac@10": 2000.0, "eva": 1200.0, "shampoo@10": 3000.0}
+    record = {
+        "models": {
+            "resnet20": {"algorithms": {k: {"time_ms": {"mean": v}} for k, v in times.items()}}
+        }
+    }
+    layout.bench.mkdir(parents=True)
+    (layout.bench / "steptime-cpu-resnet20.json").write_text(json.dumps(record))
+    written = render(tgt, layout)
+    md = written[0].read_text()
+    assert "Target 79.00%: the lowest of the settings' final test accuracies" in md
+    assert "SGD (lr 0.1): epoch 3, 300 s (1.25× Eva's) (3 seeds)" in md
+    assert "K-FAC, whole-batch statistics (lr 0.1): epoch 3, 600 s (2.50× Eva's)" in md
+    assert "Eva, whole-batch statistics (lr 0.1): epoch 2, 240 s (1.00× Eva's)" in md
+    assert "Eva, 16-sample statistics (lr 0.1): epoch 3, 360 s (1.50× Eva's)" in md
+    assert "Shampoo (lr 0.1): epoch 2, 600 s (2.50× Eva's) (2 seeds)" in md
+    assert "Step times (mean ms, `steptime-cpu-resnet20`): sgd 1000, kfac@10 2000" in md
 
 
 def test_table5_from_a_benchmark_record(tmp_path):
@@ -259,11 +366,9 @@ def test_run_dirname_matches_hydra(tmp_path, cli, tiny):
 
 def test_missing_cifar_images_are_reported_not_run(tmp_path, monkeypatch, capsys):
     """Without the CIFAR-10 images a CPU-scale CIFAR target runs nothing and says why."""
-    from scripts.repro import run as repro_run
-
     monkeypatch.setattr(repro_run, "cifar10_images_overrides", lambda: None)
     layout = Layout(tmp_path, "cpu")
-    notes = repro_run.run_target(target("table9", "cpu"), layout)
+    notes = repro_run.run_targets([target("table9", "cpu")], layout)["table9"]
     assert notes and "CIFAR-10 images not found" in notes[0]
     assert "$ python" not in capsys.readouterr().out
     md = render(target("table9", "cpu"), layout, notes)[0].read_text()
@@ -292,11 +397,9 @@ def test_fig4_shows_each_optimizer_at_its_best_learning_rate(tmp_path):
 
 def test_paper_scale_dry_run_prints_torchrun_and_launcher_commands(tmp_path, capsys):
     """SCALE=paper through torchrun (--nproc) and a Hydra launcher (-o); --dry-run runs nothing."""
-    from scripts.repro import run as repro_run
-
     layout = Layout(tmp_path, "paper")
     tgt = target("table4", "paper")
-    repro_run.run_target(tgt, layout, dry_run=True, extra=["hydra/launcher=slurm_8x4"], nproc=4)
+    repro_run.run_targets([tgt], layout, dry_run=True, extra=["hydra/launcher=slurm_8x4"], nproc=4)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert len(lines) == len(tgt.sweeps) == 6
     for line in lines:

@@ -20,8 +20,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from scripts.repro.grids import Target  # noqa: E402
-from scripts.repro.records import Run, paper_value, select  # noqa: E402
-from scripts.repro.tables import name  # noqa: E402
+from scripts.repro.records import Run, cell, paper_value, select  # noqa: E402
+from scripts.repro.run import Layout  # noqa: E402
+from scripts.repro.tables import difference, name, verdict  # noqa: E402
 
 STYLE = {
     "sgd": ("tab:blue", "o"),
@@ -98,8 +99,38 @@ def _final(run: Run, metric: str) -> str:
     return f"{value:.2f}"
 
 
+def mean_curve(runs: list[Run], metric: str) -> tuple[list[int], list[float]]:
+    """The mean over ``runs`` (seeds) of a metric at every epoch all of them reached."""
+    curves = [dict(zip(*r.curve(metric), strict=True)) for r in runs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return [], []
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    return epochs, [sum(c[e] for c in curves) / len(curves) for e in epochs]
+
+
+def _by_label(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by their legend label (the seeds of one setting), in grid order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_label(run), []).append(run)
+    return groups
+
+
+def _plot_mean(ax: Axes, runs: list[Run], metric: str, label: str) -> None:
+    """The seeds' mean curve of the finished runs (of all runs while none has finished)."""
+    shown = [r for r in runs if r.status == "completed"] or runs
+    epochs, values = mean_curve(shown, metric)
+    if values:
+        n = len(shown)
+        ax.plot(
+            epochs, values, label=f"{label} ({n} seed{'s' * (n > 1)})", **_style(runs[0].optimizer)
+        )
+
+
 def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> Drawn:
-    """Training loss (top) and test accuracy (bottom) per epoch; one column per panel × group."""
+    """Training loss (top) and test accuracy (bottom) per epoch, mean over seeds; one column per
+    panel × group; findings: final values (mean ± std over seeds) and the pair's difference."""
     columns = [(panel, group) for panel in _panels(runs) for group in groups]
     fig, axes = _grid(2, len(columns))
     findings = []
@@ -107,21 +138,27 @@ def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> 
         subset = [
             r for r in select(runs, model__name=model, dataset__name=data) if r.optimizer in group
         ]
-        for run in subset:
-            _curve(axes[0][j], run, "train_loss")
-            _curve(axes[1][j], run, "test_acc")
+        labelled = _by_label(subset)
+        for label, seeds in labelled.items():
+            _plot_mean(axes[0][j], seeds, "train_loss", label)
+            _plot_mean(axes[1][j], seeds, "test_acc", label)
         axes[0][j].set_title(f"{name(model)}, {name(data)}", fontsize=9)
         axes[0][j].set_ylabel("training loss")
         axes[1][j].set_ylabel("test accuracy (%)")
         axes[1][j].set_xlabel("epoch")
         _legend(axes[0][j], fontsize=7)
-        findings.append(
+        accs = {label: cell(seeds) for label, seeds in labelled.items()}
+        losses = {label: cell(seeds, "train_loss") for label, seeds in labelled.items()}
+        line = (
             f"{name(model)}, {name(data)}: final test accuracy "
-            + ", ".join(f"{_label(r)} {_final(r, 'test_acc')}" for r in subset)
+            + ", ".join(f"{k} {c.text()}" for k, c in accs.items())
             + "; final training loss "
-            + ", ".join(f"{_label(r)} {_final(r, 'train_loss')}" for r in subset)
-            + "."
+            + ", ".join(f"{k} {c.text(3)}" for k, c in losses.items())
         )
+        if len(accs) == 2:
+            (a, ca), (b, cb) = accs.items()
+            line += f"; {b} − {a}: {verdict(difference(cb, ca))}"
+        findings.append(line + ".")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return Drawn(fig, findings)
@@ -343,9 +380,17 @@ BUILDERS: dict[str, Callable[[Target, list[Run]], Drawn]] = {
 }
 
 
-def draw(target: Target, runs: list[Run], out: Path) -> tuple[list[Path], list[str]]:
-    """Draw a ``fig*`` target into ``out/<name>.png`` and ``.pdf``; returns paths, findings."""
-    drawn = BUILDERS[target.name](target, runs)
+def draw(
+    target: Target, runs: list[Run], out: Path, layout: Layout | None = None
+) -> tuple[list[Path], list[str]]:
+    """Draw a ``fig*`` target into ``out/<name>.png`` and ``.pdf``; returns paths, findings.
+    ``layout`` locates tuned settings' records and step-time records (Fig. 5 with tuned runs)."""
+    if target.name == "fig5" and target.tuned and layout is not None:
+        from scripts.repro import time_to_target
+
+        drawn = Drawn(*time_to_target.draw(target, runs, layout))
+    else:
+        drawn = BUILDERS[target.name](target, runs)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):

@@ -4,6 +4,8 @@ A :class:`Target` (``table4`` ... ``fig8``) lists
 
 - :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
   are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
+- :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
+  best rate (Table 4 and Fig. 5 at the reduced scales: each method at its own best lr);
 - :class:`BenchJob` objects: one ``scripts/bench.py`` call each (Tables 5, 8, 10);
 - ``not_run``: the rows or panels that this scale cannot produce, each with the reason.
 
@@ -11,9 +13,10 @@ Scales (``SCALES``):
 
 - ``paper`` — the paper's settings (models, datasets, epochs, seeds, batch sizes); meant for a GPU
   cluster (``--launcher slurm`` sends every sweep to Slurm through hydra-submitit-launcher).
-- ``cpu`` — what a 2-core CPU finishes in minutes per target on real data that can be had here:
-  ResNet-20 on a fixed 5,000-image subset of the CIFAR-10 JPEG copy (``cpu_cifar`` preset), the
-  paper's autoencoder on MNIST and Fashion-MNIST (``cpu_autoencoder``), benchmark tables from
+- ``cpu`` — real data that can be had here, sized for a 2-core CPU: Tables 4/9 and Figs. 3/5/8
+  train ResNet-20 on the full CIFAR-10 JPEG copy for 10 epochs (``cpu_cifar_full``, ~15-20 min
+  per run); Table 7 and Figs. 6/7 on a fixed 5,000-image subset for a few epochs (``cpu_cifar``);
+  the paper's autoencoder on MNIST and Fashion-MNIST (``cpu_autoencoder``); benchmark tables from
   the CPU benchmark. Datasets that are not here (CIFAR-100, ImageNet, FACES, CURVES) are
   reported as not run.
 - ``smoke`` — seconds, synthetic data: proves every target runs and renders end to end.

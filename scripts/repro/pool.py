@@ -94,12 +94,28 @@ class RunPool:
         running: dict[subprocess.Popen[bytes], tuple[Job, float]] = {}
         failures: list[str] = []
         self._release_finals()
+        try:
+            self._loop(start, running, failures)
+        except BaseException:  # Ctrl-C, SIGTERM (as SystemExit): the runs have their own sessions
+            self._stop(running)
+            raise
+        for tuned in self.waiting:
+            failures.append(f"{tuned.label}: final seeds not run (lr sweep unfinished)")
+        return failures
+
+    def _loop(
+        self,
+        start: float,
+        running: dict[subprocess.Popen[bytes], tuple[Job, float]],
+        failures: list[str],
+    ) -> None:
         while self.queue or running:
             out_of_time = self.time_limit is not None and time.monotonic() - start > self.time_limit
             if out_of_time:
                 failures += self._stop(running)
                 failures += [f"{self._name(job)} (not started: time limit)" for job in self.queue]
-                break
+                running.clear()
+                return
             while self.queue and len(running) < self.jobs:
                 job = self.queue.pop(0)
                 running[self._launch(job)] = (job, time.monotonic())
@@ -114,9 +130,6 @@ class RunPool:
                 if done is None:
                     failures.append(f"{self._name(job)} ({status}; see {path}/output.log)")
                 self._release_finals()
-        for tuned in self.waiting:
-            failures.append(f"{tuned.label}: final seeds not run (lr sweep unfinished)")
-        return failures
 
     def _dir(self, job: Job) -> Path:
         return self.layout.run_dir(job.sweep, job.run)
@@ -142,12 +155,20 @@ class RunPool:
     def _stop(self, running: dict[subprocess.Popen[bytes], tuple[Job, float]]) -> list[str]:
         """Stop every running run (SIGTERM to its process group, then SIGKILL)."""
         for proc in running:
-            os.killpg(proc.pid, signal.SIGTERM)
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for proc in running:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal(proc, signal.SIGKILL)
                 proc.wait()
         return [f"{self._name(job)} (stopped: time limit)" for job, _ in running.values()]
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig`` to a run's process group (it may have ended already)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

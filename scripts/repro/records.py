@@ -32,6 +32,7 @@ class Run:
     config: dict[str, Any]
     summary: dict[str, Any]
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    devices: tuple[str, ...] = ()  # what computed its epochs (e.g. a GPU, then the CPU)
 
     def get(self, path: str, default: Any = None) -> Any:
         """A config value by dotted path (``optimizer.lr``); the override if no record yet."""
@@ -106,9 +107,18 @@ def load_runs(target: Target, layout: Layout) -> list[Run]:
                     record.data.get("config", {}),
                     record.data.get("summary", {}),
                     record.metrics(),
+                    _devices(record.data),
                 )
             )
     return runs
+
+
+def _devices(data: dict[str, Any]) -> tuple[str, ...]:
+    """The record's devices (records written before they were kept: its host's, if any)."""
+    if data.get("devices"):
+        return tuple(data["devices"])
+    device = data.get("host", {}).get("device")
+    return (device,) if device else ()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ and what ordering they show. Files are written atomically: a reader never sees h
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from harness.records import atomic_write_text
@@ -25,9 +26,9 @@ def title(name: str) -> str:
 
 
 def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
-    if not target.sweeps and not target.bench:
+    if not target.sweeps and not target.tuned and not target.bench:
         return "Nothing runs at this scale."
-    if not target.sweeps:
+    if not target.sweeps and not target.tuned:
         done = sum((layout.bench / f"{job.name}.json").exists() for job in target.bench)
         return f"Benchmark records: {done} of {len(target.bench)} present under `{layout.bench}`."
     finished = sum(r.status == "completed" for r in runs)
@@ -35,7 +36,11 @@ def _status_line(target: Target, runs: list[Run], layout: Layout) -> str:
     line = f"Runs: {finished} of {len(runs)} completed"
     if diverged:
         line += f", {diverged} diverged"
-    return line + f"; records under `{layout.runs}/`."
+    line += f"; records under `{layout.runs}/`."
+    where = Counter(" then ".join(r.devices) for r in runs if r.finished and r.devices)
+    if where:
+        line += " Computed on: " + ", ".join(f"{k} ({n})" for k, n in where.most_common()) + "."
+    return line
 
 
 def header(target: Target, runs: list[Run], layout: Layout, notes: list[str]) -> str:
@@ -73,7 +78,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
         atomic_write_text(tex, tables.latex(table, caption, target.name))
         written.append(tex)
     else:
-        paths, findings = figures.draw(target, runs, out)
+        paths, findings = figures.draw(target, runs, out, layout)
         written += paths
         text += f"\n![{title(target.name)}]({target.name}.png)\n"
     if findings:

@@ -185,7 +185,8 @@ def run_targets(
 
     ``jobs == 1``: one ``train.py -m`` multirun per sweep, one after another (``extra`` may
     name a Hydra launcher, e.g. Slurm); tuned settings first run their lr sweeps, then their
-    final seeds at the chosen rate. ``jobs > 1``: every run is its own process, up to ``jobs``
+    final seeds at the chosen rate. ``jobs > 1`` (or a ``time_limit``): every run is its own
+    process (:class:`~scripts.repro.pool.RunPool`), up to ``jobs``
     at a time (e.g. several small runs on one GPU), final seeds queued as soon as their sweep
     has finished; each run's output goes to ``output.log`` in its directory. ``time_limit``
     (seconds, parallel mode): launch nothing after it and stop the runs still going (their
@@ -214,7 +215,7 @@ def run_targets(
         for job in target.bench
         if force or not (layout.bench / f"{job.name}.json").exists()
     ]
-    if jobs > 1 and not dry_run:
+    if (jobs > 1 or time_limit is not None) and not dry_run:
         from scripts.repro.pool import RunPool
 
         pool = RunPool(layout, available, force, extra, nproc, jobs, time_limit, env)

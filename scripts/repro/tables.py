@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from scripts.repro.grids import Target
-from scripts.repro.records import Run, cell, paper_numbers, paper_value, select
+from scripts.repro.grids import Target, Tuned, fmt
+from scripts.repro.records import Cell, Run, cell, paper_numbers, paper_value, select
 from scripts.repro.run import Layout
+from scripts.repro.tuning import chosen_lr
 
 NAMES = {
     "sgd": "SGD",
@@ -102,7 +103,109 @@ def _rows_of(runs: list[Run]) -> list[tuple[str, str]]:
     return list(seen)
 
 
+def setting_name(setting: dict[str, Any]) -> str:
+    """``K-FAC, 16-sample statistics`` for ``{"optimizer": "kfac", "optimizer.stat_batch": 16}``."""
+    text = name(str(setting["optimizer"]))
+    if setting.get("optimizer.stat_batch") is not None:
+        return f"{text}, {setting['optimizer.stat_batch']}-sample statistics"
+    return text + (", whole-batch statistics" if setting["optimizer"] != "sgd" else "")
+
+
+def _tuned_runs(runs: list[Run], tuned: Tuned) -> list[Run]:
+    """The runs of one tuned setting (its sweep and its final seeds)."""
+    where = {
+        k.replace(".", "__") + ("__name" if k in ("optimizer", "model", "dataset") else ""): v
+        for k, v in tuned.fixed.items()
+    }
+    where.setdefault("optimizer__stat_batch", None)
+    return select(runs, **where)
+
+
+def difference(a: Cell, b: Cell) -> tuple[float, float] | None:
+    """(mean of a − mean of b, its standard error from the seeds' sample variances)."""
+    if a.mean is None or b.mean is None or a.std is None or b.std is None:
+        return None
+    se = (a.std**2 / len(a.values) + b.std**2 / len(b.values)) ** 0.5
+    return a.mean - b.mean, se
+
+
+def verdict(diff: tuple[float, float] | None) -> str:
+    """``+0.42 ± 0.15 (higher)``: a difference beyond two standard errors is called a difference."""
+    if diff is None:
+        return "—"
+    d, se = diff
+    word = "higher" if d > 2 * se else "lower" if d < -2 * se else "no difference"
+    return f"{d:+.2f} ± {se:.2f} ({word})"
+
+
+def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
+    """Table 4 at a reduced scale: each setting at its own best lr (see ``Tuned``), the sweep
+    beside it, and the differences the paper's claim is about."""
+    lrs = target.tuned[0].lrs
+    header = ["Method", *(f"lr {fmt(lr)} (seed 0)" for lr in lrs), "chosen lr"]
+    header += ["test acc. (all seeds)", "− SGD", "paper (ResNet-110, CIFAR-10, 100 ep.)"]
+    cells: dict[str, Cell] = {}
+    rows = []
+    for tuned in target.tuned:
+        mine = _tuned_runs(runs, tuned)
+        sweep = [cell(select(mine, optimizer__lr=lr, seed=tuned.seeds[0])).text() for lr in lrs]
+        lr = chosen_lr(tuned, layout)
+        final = cell(select(mine, optimizer__lr=lr)) if lr is not None else None
+        label = setting_name(tuned.fixed)
+        if final is not None:
+            cells[label] = final
+        rows.append([label, *sweep, fmt(lr) if lr is not None else "sweep unfinished"])
+        rows[-1].append(final.text() if final else "not run")
+        paper_col = str(tuned.fixed["optimizer"])
+        paper = _paper(
+            "table4", model="resnet110", dataset="cifar10", setting="100", column=paper_col
+        )
+        rows[-1] += ["", paper if tuned.fixed.get("optimizer.stat_batch") is None else "—"]
+    sgd = cells.get(setting_name({"optimizer": "sgd"}))
+    for row in rows:
+        mine_cell = cells.get(row[0])
+        row[-2] = (
+            verdict(difference(mine_cell, sgd)) if mine_cell and sgd and row[0] != "SGD" else "—"
+        )
+    findings = [
+        "Each method's lr is the one whose seed-0 run ended with the highest test accuracy; "
+        "the final column is the mean ± sample std over every seed at that lr (seed 0 included). "
+        "Differences are ± one standard error; 'higher'/'lower' means beyond two standard errors.",
+    ]
+    findings += _claims(cells)
+    return Table(header, rows, findings)
+
+
+def _claims(cells: dict[str, Cell]) -> list[str]:
+    """Whether the paper's Table 4 ordering (Eva ≈ K-FAC > SGD) holds, per statistics choice."""
+    sgd = cells.get("SGD")
+    out = []
+    for stats in ("whole-batch", "16-sample"):
+        eva = cells.get(f"Eva, {stats} statistics")
+        kfac = cells.get(f"K-FAC, {stats} statistics")
+        if sgd is None or eva is None or kfac is None:
+            continue
+        eva_sgd, kfac_sgd = difference(eva, sgd), difference(kfac, sgd)
+        eva_kfac = difference(eva, kfac)
+        holds = (
+            eva_sgd is not None
+            and kfac_sgd is not None
+            and eva_kfac is not None
+            and eva_sgd[0] > 2 * eva_sgd[1]
+            and kfac_sgd[0] > 2 * kfac_sgd[1]
+            and abs(eva_kfac[0]) <= max(2 * eva_kfac[1], 0.5)
+        )
+        out.append(
+            f"With {stats} statistics: Eva − SGD {verdict(eva_sgd)}, K-FAC − SGD "
+            f"{verdict(kfac_sgd)}, Eva − K-FAC {verdict(eva_kfac)}: the paper's ordering "
+            f"(Eva ≈ K-FAC > SGD) {'holds' if holds else 'does not hold'} at this scale."
+        )
+    return out
+
+
 def table4(target: Target, runs: list[Run], layout: Layout) -> Table:
+    if target.tuned:
+        return table4_tuned(target, runs, layout)
     opts = ("sgd", "kfac", "eva")
     budgets = _budget_map(target)
     header = ["Model", "Data", "Epochs", *(name(o) for o in opts)]

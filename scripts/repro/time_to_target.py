@@ -1,0 +1,162 @@
+"""Fig. 5 at a reduced scale: test accuracy over epochs and over training time, time to target.
+
+The runs are Table 4's (each setting at its tuned learning rate, every seed) plus Shampoo's.
+Training time is *steps × the method's mean step time measured alone* by the step-time benchmark
+(``results/bench/<steptime>.json``, refresh steps of interval methods included), not the runs'
+own clocks: the runs may have shared a machine (``reproduce.py --jobs``), which would charge one
+method for another's load. A setting with 16-sample statistics is timed as its whole-batch
+method (the benchmark has no such option; reading fewer samples does not make a step slower).
+
+The target is the lowest of the settings' final test accuracies (mean over seeds): every setting
+reaches it by its end, the weakest only there (a target every method passes in the first epochs
+would say nothing). A setting's time to target is the first evaluated epoch at which its
+mean curve over seeds is at or above it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from scripts.repro.grids import Target
+from scripts.repro.records import Run, cell, paper_value, select
+from scripts.repro.run import Layout
+from scripts.repro.tables import difference, name, setting_name, verdict
+from scripts.repro.tuning import chosen_lr
+
+BENCH_LABEL = {"kfac": "kfac@10", "shampoo": "shampoo@10", "foof": "foof@50"}
+"""Benchmark label of each method at its preset's update interval."""
+
+
+def step_times(path: Path) -> dict[str, float]:
+    """Mean milliseconds per step of every algorithm of a one-model benchmark record."""
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    model = next(iter(record["models"].values()))
+    return {k: v["time_ms"]["mean"] for k, v in model["algorithms"].items() if "time_ms" in v}
+
+
+def settings(target: Target, runs: list[Run], layout: Layout) -> dict[str, list[Run]]:
+    """Label → the runs of that setting shown in the figure (tuned settings at their lr)."""
+    out: dict[str, list[Run]] = {}
+    for tuned in target.tuned:
+        lr = chosen_lr(tuned, layout)
+        if lr is None:
+            continue
+        stat = tuned.fixed.get("optimizer.stat_batch")
+        mine = select(
+            runs,
+            optimizer__name=tuned.fixed["optimizer"],
+            optimizer__stat_batch=stat,
+            optimizer__lr=lr,
+        )
+        out[f"{setting_name(tuned.fixed)} (lr {lr:g})"] = mine
+    for sweep in target.sweeps:
+        opt = str(sweep.fixed["optimizer"])
+        out[f"{name(opt)} (lr {sweep.fixed['optimizer.lr']})"] = select(
+            runs, optimizer__name=opt, optimizer__lr=sweep.fixed["optimizer.lr"]
+        )
+    return out
+
+
+def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[str]]:
+    """The two panels and the findings (time to target per setting, ratios to Eva's)."""
+    from scripts.repro.figures import _grid, _legend, _style, mean_curve  # drawing helpers
+
+    groups = {
+        k: [r for r in v if r.status == "completed"]
+        for k, v in settings(target, runs, layout).items()
+    }
+    bench_name = str(target.settings.get("steptime", ""))
+    times = step_times(layout.bench / f"{bench_name}.json")
+    fig, axes = _grid(1, 2, width=5.0, height=3.6)
+    means = [m for v in groups.values() if v and (m := cell(v).mean) is not None]
+    goal = min(means) if means else None
+    rows: dict[str, tuple[float | None, float | None, int]] = {}
+    for label, members in groups.items():
+        if not members:
+            continue
+        method = members[0].optimizer
+        ms = times.get(BENCH_LABEL.get(method, method))
+        style = _style(method)
+        if "16-sample" in label:
+            style = {**style, "linestyle": "--"}
+        epochs, accs = mean_curve(members, "test_acc")
+        axes[0][0].plot(epochs, accs, label=label, **style)
+        if ms is not None:
+            steps = {int(r["epoch"]): int(r["step"]) for r in members[0].epochs}
+            xs = [steps[e] * ms / 1000 for e in epochs]
+            axes[0][1].plot(xs, accs, label=label, **style)
+        if goal is not None:
+            reached = next((e for e, a in zip(epochs, accs, strict=True) if a >= goal - 1e-9), None)
+            steps0 = {int(r["epoch"]): int(r["step"]) for r in members[0].epochs}
+            seconds = steps0[reached] * ms / 1000 if reached is not None and ms else None
+            rows[label] = (reached, seconds, len(members))
+    for ax in axes[0]:
+        ax.set_ylabel("test accuracy (%), mean over seeds")
+        if goal is not None:
+            ax.axhline(goal, color="black", linestyle=":", linewidth=1)
+        ax.set_ylim(bottom=40)
+    axes[0][0].set_xlabel("epoch")
+    axes[0][1].set_xlabel(f"training time (s): steps × ms/step alone ({bench_name})")
+    _legend(axes[0][0], fontsize=6, loc="lower right")
+    fig.suptitle(target.title, fontsize=9)
+    fig.tight_layout()
+    findings = _findings(groups, rows, goal, times, bench_name)
+    return fig, findings
+
+
+def _findings(
+    groups: dict[str, list[Run]],
+    rows: dict[str, tuple[float | None, float | None, int]],
+    goal: float | None,
+    times: dict[str, float],
+    bench_name: str,
+) -> list[str]:
+    if goal is None:
+        return ["No setting has a finished run yet: no target."]
+    eva = next((v for k, v in rows.items() if k.startswith("Eva, whole")), None)
+    parts = []
+    for label, (epoch, seconds, seeds) in rows.items():
+        if epoch is None:
+            parts.append(f"{label}: never")
+            continue
+        text = f"{label}: epoch {epoch:g}"
+        if seconds is not None:
+            text += f", {seconds:.0f} s"
+            if eva and eva[1]:
+                text += f" ({seconds / eva[1]:.2f}× Eva's)"
+        parts.append(text + f" ({seeds} seed{'s' * (seeds > 1)})")
+    lines = [
+        f"Target {goal:.2f}%: the lowest of the settings' final test accuracies (mean over "
+        "seeds), so every setting reaches it by its end; first epoch at which the setting's "
+        "mean curve is at or above it: " + "; ".join(parts) + "."
+    ]
+    if times:
+        lines.append(
+            f"Step times (mean ms, `{bench_name}`): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+            + "."
+        )
+    else:
+        lines.append(f"No step-time record `{bench_name}.json`: the time panel is empty.")
+    finals = {k: cell(v) for k, v in groups.items()}
+    sgd = next((c for k, c in finals.items() if k.startswith("SGD")), None)
+    if sgd is not None:
+        lines.append(
+            "Final accuracy − SGD's: "
+            + ", ".join(
+                f"{k} {verdict(difference(c, sgd))}" for k, c in finals.items() if c is not sgd
+            )
+            + "."
+        )
+    paper = [
+        f"{name(c)} {v[0]:g}×"
+        for c in ("sgd", "kfac", "shampoo")
+        if (v := paper_value("fig5", dataset="cifar10", column=c)) is not None
+    ]
+    lines.append("The paper (CIFAR-10 average, time to target ÷ Eva's): " + ", ".join(paper) + ".")
+    return lines

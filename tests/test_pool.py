@@ -1,0 +1,101 @@
+"""``reproduce.py --jobs N`` / ``--time-limit``: runs side by side (scripts/repro/pool.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.records import RunRecord, finished_run
+from scripts.repro import pool as repro_pool
+from scripts.repro.grids import target
+from scripts.repro.run import Layout
+from scripts.repro.tuning import chosen_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Finished:
+    """Stands in for a run's process that has already ended."""
+
+    pid = -1
+    returncode = 0
+
+    def poll(self) -> int:
+        return 0
+
+
+def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch):
+    """Every sweep run starts before its setting's finals; the finals run at the chosen lr and
+    jump the queue; runs shared by targets start once; first seeds come before second seeds."""
+    layout = Layout(tmp_path, "smoke")
+    targets = [target(name, "smoke") for name in ("table4", "fig8", "fig3", "table9")]
+    started: list[dict[str, str]] = []
+
+    def launch(self, job):
+        started.append(job.run)
+        record = RunRecord(self._dir(job))
+        record.start({}, "fake", False)
+        lr = float(job.run.get("optimizer.lr", 0.1))
+        record.finish("completed", summary={"test_acc": 0.5 + (0.1 if lr == 0.05 else 0.0)})
+        return Finished()
+
+    monkeypatch.setattr(repro_pool.RunPool, "_launch", launch)
+    monkeypatch.setattr(repro_pool.time, "sleep", lambda seconds: None)
+    failures = repro_pool.RunPool(layout, targets, False, [], 1, 2, None, {}).run()
+    assert failures == []
+    keys = [tuple(sorted(run.items())) for run in started]
+    assert len(keys) == len(set(keys))  # FOOF (Figs. 3 and 8) and Eva (Tables 4 and 9) once
+    for tuned in targets[0].tuned:
+        assert chosen_lr(tuned, layout) == 0.05
+        final = tuned.final(0.05).runs()
+        sweep = tuned.sweep().runs()
+        assert max(started.index(r) for r in sweep) < min(started.index(r) for r in final)
+    finals = [r for t in targets[0].tuned for r in t.final(0.05).runs()]
+    statics = [r for r in started if r["optimizer"] in ("eva_f", "eva_s", "foof_rank1")]
+    # finals jump the queue: all of them start before the first static run queued ahead of them
+    assert max(started.index(r) for r in finals) < started.index(statics[0])
+    assert [r["seed"] for r in statics] == ["0", "0", "0", "1", "1", "1"]
+    for tgt in targets:
+        for sweep in tgt.sweeps:
+            assert all(finished_run(layout.run_dir(sweep, r)) for r in sweep.runs())
+
+
+def test_time_limit_stops_runs_and_says_what_is_left(tmp_path, monkeypatch):
+    """After the limit nothing starts, running runs are stopped (their process groups end), and
+    every unfinished run is named; nothing is marked finished."""
+    layout = Layout(tmp_path, "smoke")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    monkeypatch.setattr(repro_pool, "sweep_command", lambda *args, **kwargs: sleeper)
+    pool = repro_pool.RunPool(layout, [target("fig3", "smoke")], False, [], 1, 2, 1.5, {})
+    began = time.monotonic()
+    failures = pool.run()
+    assert time.monotonic() - began < 30
+    assert sum("(stopped: time limit)" in f for f in failures) == 2
+    assert sum("(not started: time limit)" in f for f in failures) == 2
+    for line in failures:
+        assert line.startswith("smoke_cifar/")
+    gone = subprocess.run(["pgrep", "-f", "time.sleep\\(120\\)"], capture_output=True)
+    assert gone.returncode == 1, gone.stdout  # no sleeper left running
+
+
+def test_jobs_run_side_by_side_end_to_end(tmp_path):
+    """The command line: Fig. 3 at SCALE=smoke with two runs at a time; records, per-run logs,
+    the rendered figure; a second call has nothing left to run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    command = [sys.executable, "scripts/reproduce.py", "fig3", "--scale", "smoke", "--jobs", "2"]
+    command += ["--results", str(tmp_path), "-o", "logger.wandb=false"]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("[pool] completed:") == 4
+    layout = Layout(tmp_path, "smoke")
+    sweep = target("fig3", "smoke").sweeps[0]
+    for run in sweep.runs():
+        run_dir = layout.run_dir(sweep, run)
+        assert RunRecord(run_dir).data["status"] == "completed"
+        assert (run_dir / "output.log").stat().st_size > 0
+    assert (layout.renders / "fig3.png").exists()
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[pool] start" not in again.stdout
