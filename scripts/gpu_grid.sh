@@ -6,8 +6,8 @@
 # train.py run that `make table4 SCALE=cpu` makes; records say which device ran them. After
 # SECONDS (counted from the start of this script) nothing new starts and running runs stop
 # (their checkpoints come back, so `make ... SCALE=cpu` resumes them anywhere).
-# OUT_DIR receives records.tar.gz (records, metrics, logs), checkpoints of unfinished runs as
-# ckpt.tar.gz.part-* (split at 15 MB), pool.log and env.txt.
+# OUT_DIR receives records.tar.gz (records, metrics, logs; refreshed every 15 s), checkpoints of
+# unfinished runs as ckpt.tar.part-* (split at 15 MB), pool.log and env.txt.
 set -u
 out=${1:?usage: bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS]}
 budget=${2:?usage: bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS]}
@@ -50,14 +50,23 @@ else
     echo "MPS: not available" | tee -a "$out/env.txt"
 fi
 
-left=$((budget - ($(date +%s) - t0) - 45))
+# Every 15 s a copy of the records (small) lands in OUT, in case the machine is taken first.
+runs=results/runs/cpu/cpu_cifar_full
+save_records() {
+    tar -czf "$out/.records.tmp" --exclude=checkpoint.pt --exclude=wandb --exclude=.hydra \
+        --exclude='.checkpoint.pt.*' "$runs" results/cpu 2>/dev/null && mv "$out/.records.tmp" "$out/records.tar.gz"
+}
+(while sleep 15; do save_records; done) &
+saver=$!
+
+left=$((budget - ($(date +%s) - t0) - 30))
 echo "pool time limit ${left}s" | tee -a "$out/env.txt"
 $py scripts/reproduce.py $targets --scale cpu --jobs "$jobs" --time-limit "$left" -o logger.wandb=false \
     2>&1 | tee "$out/pool.log"
 
 # Records of every run; checkpoints only of runs that did not finish (to resume them).
-runs=results/runs/cpu/cpu_cifar_full
-tar -czf "$out/records.tar.gz" --exclude=checkpoint.pt --exclude=wandb --exclude='.checkpoint.pt.*' "$runs" results/cpu
+kill "$saver" 2>/dev/null
+save_records
 unfinished=$($py - <<'EOF'
 from pathlib import Path
 from harness.records import finished_run
@@ -67,7 +76,7 @@ for d in sorted(Path("results/runs/cpu/cpu_cifar_full").iterdir()):
 EOF
 )
 if [ -n "$unfinished" ]; then
-    tar -czf - $unfinished | split -b 15m - "$out/ckpt.tar.gz.part-"
+    tar -cf - $unfinished | split -b 15m - "$out/ckpt.tar.part-"
 fi
 ls -la "$out"
 echo "total $(($(date +%s) - t0)) s"
