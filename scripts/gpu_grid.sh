@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the SCALE=cpu reproduction grid (Tables 4/9, Figs. 3/5/8) side by side on one big GPU:
-#   bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS]
+#   bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS [REPRODUCE_ARGS...]]
+# (e.g. --only '*optimizer=kfac,seed=1' to run just some of the grid's runs)
 # for a CUDA machine whose python3 has torch (and hydra/omegaconf, or a folder of them in
 # $EVA_SITE). The CIFAR-10 JPEG tarball comes from $EVA_CIFAR10_TARBALL. Every run is the same
 # train.py run that `make table4 SCALE=cpu` makes; records say which device ran them. After
@@ -12,6 +13,7 @@ set -u
 out=${1:?usage: bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS]}
 budget=${2:?usage: bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS]}
 jobs=${3:-15}
+shift 3 2>/dev/null || shift $#
 t0=$(date +%s)
 py=${PYTHON:-python3}
 export PYTHONPATH=.${EVA_SITE:+:$EVA_SITE} PYTHONUNBUFFERED=1 WANDB_MODE=offline
@@ -61,7 +63,7 @@ saver=$!
 
 left=$((budget - ($(date +%s) - t0) - 30))
 echo "pool time limit ${left}s" | tee -a "$out/env.txt"
-$py scripts/reproduce.py $targets --scale cpu --jobs "$jobs" --time-limit "$left" -o logger.wandb=false \
+$py scripts/reproduce.py $targets --scale cpu --jobs "$jobs" --time-limit "$left" -o logger.wandb=false "$@" \
     2>&1 | tee "$out/pool.log"
 
 # Records of every run; checkpoints only of runs that did not finish (to resume them).
@@ -70,9 +72,15 @@ save_records
 unfinished=$($py - <<'EOF'
 from pathlib import Path
 from harness.records import finished_run
-for d in sorted(Path("results/runs/cpu/cpu_cifar_full").iterdir()):
-    if (d / "checkpoint.pt").exists() and finished_run(d) is None:
-        print(d / "checkpoint.pt")
+# K-FAC first (Table 4), then the smaller ones, up to 55 MB: OUT returns 64 MB at most
+found = [d / "checkpoint.pt" for d in Path("results/runs/cpu/cpu_cifar_full").iterdir()
+         if (d / "checkpoint.pt").exists() and finished_run(d) is None]
+found.sort(key=lambda p: ("optimizer=kfac" not in str(p), p.stat().st_size))
+total = 0
+for path in found:
+    total += path.stat().st_size
+    if total <= 55e6:
+        print(path)
 EOF
 )
 if [ -n "$unfinished" ]; then

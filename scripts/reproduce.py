@@ -57,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpoints stay; the next call resumes them); runs each run as its own process, "
         "every setting's first seed before any second seed",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run just the runs whose directory name matches this fnmatch pattern (repeatable), "
+        "e.g. '*optimizer=kfac,seed=1'; runs each run as its own process",
+    )
     return parser.parse_args(argv)
 
 
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 nproc=args.nproc,
                 jobs=args.jobs,
                 time_limit=args.time_limit,
+                only=args.only,
             )
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)

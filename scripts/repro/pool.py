@@ -8,6 +8,7 @@ as soon as its sweep has finished. Runs that several targets share run once.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import subprocess
@@ -47,8 +48,10 @@ class RunPool:
         jobs: int,
         time_limit: float | None,
         env: dict[str, str],
+        only: Sequence[str] = (),
     ) -> None:
         self.layout, self.force, self.extra, self.nproc = layout, force, list(extra), nproc
+        self.only = list(only)
         self.jobs, self.time_limit, self.env = jobs, time_limit, env
         self.queue: list[Job] = []
         self.seen: set[Path] = set()
@@ -73,6 +76,8 @@ class RunPool:
             if path in self.seen:
                 continue
             self.seen.add(path)
+            if self.only and not any(fnmatch.fnmatch(path.name, p) for p in self.only):
+                continue
             if self.force or finished_run(path) is None:
                 new.append(Job(sweep, run))
                 self.pending.add(path)

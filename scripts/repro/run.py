@@ -180,6 +180,7 @@ def run_targets(
     nproc: int = 1,
     jobs: int = 1,
     time_limit: float | None = None,
+    only: Sequence[str] = (),
 ) -> dict[str, list[str]]:
     """Launch the targets' unfinished runs and benchmark calls; returns log lines per target.
 
@@ -190,7 +191,8 @@ def run_targets(
     at a time (e.g. several small runs on one GPU), final seeds queued as soon as their sweep
     has finished; each run's output goes to ``output.log`` in its directory. ``time_limit``
     (seconds, parallel mode): launch nothing after it and stop the runs still going (their
-    checkpoints stay; the next call resumes them).
+    checkpoints stay; the next call resumes them). ``only``: ``fnmatch`` patterns of run
+    directory names; the pool runs just the matching runs (e.g. ``*optimizer=kfac,seed=1``).
 
     Raises:
         RuntimeError: a sweep, run or benchmark exited non-zero (its output has been shown or
@@ -215,10 +217,10 @@ def run_targets(
         for job in target.bench
         if force or not (layout.bench / f"{job.name}.json").exists()
     ]
-    if (jobs > 1 or time_limit is not None) and not dry_run:
+    if (jobs > 1 or time_limit is not None or only) and not dry_run:
         from scripts.repro.pool import RunPool
 
-        pool = RunPool(layout, available, force, extra, nproc, jobs, time_limit, env)
+        pool = RunPool(layout, available, force, extra, nproc, jobs, time_limit, env, only)
         failures = pool.run()
         for command in benches:
             print(_show(command), flush=True)
