@@ -26,6 +26,7 @@ non-overlapping windows ``[i·context, (i+1)·context]`` of the validation bytes
 
 from __future__ import annotations
 
+import os
 import sysconfig
 import zlib
 from collections.abc import Iterator
@@ -73,11 +74,12 @@ def stdlib_files(root: Path) -> list[str]:
     Raises:
         FileNotFoundError: ``root`` holds no ``.py`` file outside :data:`SKIPPED_FOLDERS`.
     """
-    paths = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*.py")
-        if p.is_file() and not SKIPPED_FOLDERS.intersection(p.relative_to(root).parts[:-1])
-    )
+    paths = []
+    for folder, subfolders, names in os.walk(root):  # skipped folders are not even listed
+        subfolders[:] = [name for name in subfolders if name not in SKIPPED_FOLDERS]
+        relative = Path(folder).relative_to(root)
+        paths += [(relative / name).as_posix() for name in names if name.endswith(".py")]
+    paths.sort()
     if not paths:
         raise FileNotFoundError(
             f"pystdlib: no .py files under {root} (dataset.root; by default this interpreter's "
