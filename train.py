@@ -3,6 +3,7 @@
     python train.py optimizer=eva model=resnet110                # the paper's CIFAR-10 setting
     python train.py -m optimizer=eva optimizer.damping=0.003,0.03,0.3
     torchrun --nproc_per_node=4 train.py experiment=table4_cifar10 optimizer=kfac
+    python train.py experiment=lm optimizer=eva_adamw             # byte-level GPT on the stdlib
 
 Every run writes a record under ``results/runs/<group>/<name>/`` (see ``harness/records.py``) and
 a checkpoint each epoch; ``resume=true`` continues a killed run exactly where its last checkpoint
@@ -65,10 +66,14 @@ class Run:
     step: int = 0
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification; per-image summed BCE for the autoencoder."""
+        """Cross-entropy for classification; per-image summed BCE for the autoencoder; for a
+        language model, next-token cross-entropy averaged over every position of every sequence
+        (nats per token)."""
         if self.data.task == "autoencode":
             loss = F.binary_cross_entropy_with_logits(output, target, reduction="sum")
             return loss / output.shape[0]
+        if self.data.task == "language":
+            return F.cross_entropy(output.flatten(0, -2), target.flatten())
         return F.cross_entropy(output, target)
 
     def state_dict(self) -> dict[str, Any]:
@@ -94,6 +99,17 @@ class Run:
         self.data.train.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
+
+
+def hits(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Correct predictions in a batch, per sample: a classified sample counts 1 if right; a
+    language-model sequence counts the fraction of its positions whose next token is the
+    arg-max. None where there is no accuracy (the autoencoder, soft CutMix labels)."""
+    if task == "classify" and target.dim() == 1:
+        return (output.argmax(dim=1) == target).sum()
+    if task == "language":
+        return (output.argmax(dim=-1) == target).double().mean(dim=-1).sum()
+    return None
 
 
 def autocast(run: Run) -> torch.autocast:
@@ -143,8 +159,8 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
         n = x.shape[0]
         totals[0] += loss.detach().double() * n
         totals[2] += n
-        if run.data.task == "classify" and y.dim() == 1:
-            totals[1] += (out.argmax(dim=1) == y).sum()
+        if (correct := hits(run.data.task, out, y)) is not None:
+            totals[1] += correct
         bar.update()
         if (i + 1) % log_every == 0:
             mean_loss = float(totals[0] / totals[2])
@@ -163,7 +179,7 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
     metrics = {"train_loss": float(totals[0] / totals[2])}
     if not math.isfinite(metrics["train_loss"]):
         raise Diverged(f"training loss is {metrics['train_loss']} at step {run.step}")
-    if run.data.task == "classify":
+    if run.data.task in ("classify", "language"):
         metrics["train_acc"] = float(totals[1] / totals[2])
     return metrics
 
@@ -181,12 +197,14 @@ def evaluate(run: Run) -> dict[str, float]:
             loss = run.loss(out, y)
         totals[0] += loss.double() * x.shape[0]
         totals[2] += x.shape[0]
-        if run.data.task == "classify":
-            totals[1] += (out.argmax(dim=1) == y).sum()
+        if (correct := hits(run.data.task, out, y)) is not None:
+            totals[1] += correct
     totals = mean_across_workers(totals)
     metrics = {"test_loss": float(totals[0] / totals[2])}
-    if run.data.task == "classify":
+    if run.data.task in ("classify", "language"):
         metrics["test_acc"] = float(totals[1] / totals[2])
+    if run.data.task == "language":  # nats per token → bits per token (bytes: bits per byte)
+        metrics["test_bpb"] = metrics["test_loss"] / math.log(2)
     return metrics
 
 
@@ -199,7 +217,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def check_input_shape(
-    model: nn.Module, shape: tuple[int, ...], cfg: DictConfig, device: torch.device
+    model: nn.Module,
+    shape: tuple[int, ...],
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     """One forward of a zero input in eval mode: a model that cannot take the dataset's inputs
     (e.g. ViT-B/16 built for 224 pixels on 32-pixel CIFAR) is a configuration mistake, reported
@@ -207,7 +229,7 @@ def check_input_shape(
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, *shape, device=device))
+        model(torch.zeros(1, *shape, device=device, dtype=dtype))
     except (RuntimeError, AssertionError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
@@ -228,8 +250,10 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
     model_kwargs: dict[str, Any] = OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}  # type: ignore[assignment]
     if data.task == "classify":
         model_kwargs.setdefault("num_classes", data.num_classes)
+    elif data.task == "language":
+        model_kwargs.setdefault("vocab_size", data.num_classes)
     model = build_model(cfg.model.name, **model_kwargs).to(workers.device)
-    check_input_shape(model, data.input_shape, cfg, workers.device)
+    check_input_shape(model, data.input_shape, cfg, workers.device, data.input_dtype)
     net: nn.Module = model
     if workers.world_size > 1:
         device_ids = [workers.device.index] if workers.device.type == "cuda" else None
@@ -239,7 +263,10 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
         preconditioner = None
         if cfg.optimizer.get("preconditioner") is not None:
             pre_cfg = cfg.optimizer.preconditioner
-            preconditioner = instantiate(pre_cfg, model=model, optimizer=optimizer)
+            extra: dict[str, Any] = {}  # model.skip_layers, unless the optimizer sets its own
+            if cfg.model.get("skip_layers") is not None and "skip_layers" not in pre_cfg:
+                extra["skip_layers"] = list(cfg.model.skip_layers)
+            preconditioner = instantiate(pre_cfg, model=model, optimizer=optimizer, **extra)
     except InstantiationException as err:  # a bad hyper-parameter: report the library's line
         raise ConfigError(f"optimizer ({cfg.optimizer.name}): {err.__cause__ or err}") from err
     steps_per_epoch = len(data.train)

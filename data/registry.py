@@ -11,7 +11,9 @@
 
 Names (:data:`DATASETS`): ``cifar10``, ``cifar100`` (torchvision's pickle files),
 ``cifar10_images`` (the JPEG folder layout), ``imagenet`` (folders, decoded by DataLoader
-workers), ``mnist``, ``fmnist``, ``faces``, ``curves`` and ``synthetic``.
+workers), ``mnist``, ``fmnist``, ``faces``, ``curves``, ``synthetic`` and ``pystdlib`` (a
+byte-level language-modelling corpus: this Python's standard library sources; it returns a
+:class:`~data.text.TextSplits`, with the same ``loaders`` method).
 
 Data roots: every builder takes ``root``; the default is ``$EVA_DATA`` or ``~/datasets`` (with
 ``cifar10-images/`` and ``imagenet/`` sub-folders for those two; Fashion-MNIST defaults to
@@ -33,6 +35,7 @@ from torch.utils.data import Dataset
 
 from data import cifar
 from data.loader import BatchTransform, TensorLoader
+from data.text import TextSplits, load_pystdlib
 
 __all__ = ["DATASETS", "DatasetSplits", "build_dataset", "default_root"]
 
@@ -81,6 +84,11 @@ class DatasetSplits:
     def autoencoder(self) -> bool:
         """True when the targets are the inputs."""
         return self.num_classes is None
+
+    @property
+    def task(self) -> str:
+        """``"autoencode"`` (targets are the inputs) or ``"classify"``."""
+        return "autoencode" if self.autoencoder else "classify"
 
     def loaders(
         self,
@@ -376,7 +384,27 @@ def synthetic(
     return _splits("synthetic", train, test, num_classes)
 
 
-DATASETS: dict[str, Callable[..., DatasetSplits]] = {
+def pystdlib(
+    root: str | os.PathLike[str] | None = None,
+    context: int = 128,
+    steps_per_epoch: int = 100,
+    val_fraction: float = 0.05,
+    max_train_bytes: int | None = None,
+    max_val_bytes: int | None = 65_537,
+) -> TextSplits:
+    """This interpreter's standard-library ``.py`` files as bytes, split by file (see
+    :func:`data.text.load_pystdlib` for the file rule, the split and the caps)."""
+    return load_pystdlib(
+        root,
+        context=context,
+        steps_per_epoch=steps_per_epoch,
+        val_fraction=val_fraction,
+        max_train_bytes=max_train_bytes,
+        max_val_bytes=max_val_bytes,
+    )
+
+
+DATASETS: dict[str, Callable[..., DatasetSplits | TextSplits]] = {
     "cifar10": cifar10,
     "cifar100": cifar100,
     "cifar10_images": cifar10_images,
@@ -386,16 +414,17 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "faces": faces,
     "curves": curves,
     "synthetic": synthetic,
+    "pystdlib": pystdlib,
 }
 """Every dataset the configs can name."""
 
 
-def _options(builder: Callable[..., DatasetSplits]) -> set[str]:
+def _options(builder: Callable[..., DatasetSplits | TextSplits]) -> set[str]:
     """The keyword names ``builder`` accepts."""
     return set(inspect.signature(builder).parameters)
 
 
-def build_dataset(name: str, **cfg: Any) -> DatasetSplits:
+def build_dataset(name: str, **cfg: Any) -> DatasetSplits | TextSplits:
     """Load the dataset registered as ``name``.
 
     Args:
@@ -403,7 +432,7 @@ def build_dataset(name: str, **cfg: Any) -> DatasetSplits:
         **cfg: The builder's options (e.g. ``root``, ``download``, ``autoencoder``).
 
     Returns:
-        The dataset's :class:`DatasetSplits`.
+        The dataset's :class:`DatasetSplits` (:class:`~data.text.TextSplits` for text).
 
     Raises:
         ValueError: ``name`` is not registered, or an option the builder does not take (both

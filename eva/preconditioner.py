@@ -135,7 +135,8 @@ class Preconditioner:
         skip_layers: ``fnmatch`` patterns of module names (or class names) to leave first-order.
             Default none.
         stat_batch: Use only the first ``stat_batch`` samples of each local batch for statistics
-            (the Eva authors' code used 16); ``None`` (default) uses the whole local batch.
+            (the Eva authors' code used 16; for sequence inputs ``(batch, sequence, d)``: whole
+            sequences); ``None`` (default) uses the whole local batch.
         conv_factors: How convolutions form Kronecker factors (K-FAC, FOOF): ``"reduce"``
             (default) or ``"expand"``; see :mod:`eva.statistics`.
         enabled: When ``False``, :meth:`step` and the hooks do nothing, so training is exactly

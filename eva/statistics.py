@@ -13,6 +13,14 @@ Convolutions have two conventions for the factors (``conv_factors``):
 - ``"expand"`` (Grosse & Martens, 2016): one row per sample and position.
 
 The Kronecker vectors do not depend on that choice: they are the means over samples and positions.
+
+Linear layers take inputs of any shape ``(..., d_in)``, e.g. a transformer's ``(batch, sequence,
+d_in)``: every leading index is one row. ā, b̄ and the factors ``R``, ``Q`` are then means over
+the batch *and* the positions, exactly what the layer would give on the ``(batch·sequence, d_in)``
+matrix (for the factors that is the per-position "expand" convention; there is no "reduce" form
+for linear layers). With a loss averaged over every position, as a language model's, each
+output-gradient row carries the ``1/(batch·sequence)`` of that mean. ``stat_batch`` keeps the
+first samples along the first dimension: whole sequences, all their positions.
 """
 
 from __future__ import annotations
@@ -218,7 +226,8 @@ def mean_plan(layer: nn.Module, x: Tensor) -> MeanPlan | None:
 
 
 def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
-    """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch).
+    """ā of Eq. 10: the mean input row (for a convolution the mean im2col patch; for a linear
+    layer on ``(batch, sequence, d_in)`` the mean over batch and positions).
 
     For a convolution the batch is averaged first and the mean patch taken of that one image:
     unfold is linear, so the result equals the mean over all samples and positions without
@@ -233,7 +242,8 @@ def input_mean(layer: nn.Module, x: Tensor, bias: bool) -> Tensor:
 
 
 def grad_mean(layer: nn.Module, gy: Tensor) -> Tensor:
-    """b̄ of Eq. 10: the mean output-gradient row (convolutions: over samples and positions).
+    """b̄ of Eq. 10: the mean output-gradient row (convolutions: over samples and positions;
+    linear layers: over all leading dimensions, e.g. batch and sequence positions).
 
     Not called where b̄ is zero by construction (the layer feeds only a BatchNorm using batch
     statistics: :mod:`eva.batchnorm`)."""
@@ -249,7 +259,8 @@ def _outer_mean(rows: Tensor) -> Tensor:
 
 
 def input_factor(layer: nn.Module, x: Tensor, bias: bool, conv_factors: ConvFactors) -> Tensor:
-    """R of Eq. 4 (as a batch mean): ``mean_i a_i a_iᵀ`` over the input rows."""
+    """R of Eq. 4 (as a batch mean): ``mean_i a_i a_iᵀ`` over the input rows (for a linear
+    layer every leading index, e.g. every (sample, position), is a row)."""
     x = _batched(x, layer)
     if isinstance(layer, nn.Conv2d):
         p = patches(layer, x)
@@ -260,7 +271,8 @@ def input_factor(layer: nn.Module, x: Tensor, bias: bool, conv_factors: ConvFact
 
 
 def grad_factor(layer: nn.Module, gy: Tensor, conv_factors: ConvFactors) -> Tensor:
-    """Q of Eq. 4 (as a batch mean): ``mean_i b_i b_iᵀ`` over the output-gradient rows."""
+    """Q of Eq. 4 (as a batch mean): ``mean_i b_i b_iᵀ`` over the output-gradient rows (for a
+    linear layer every leading index is a row)."""
     gy = _batched(gy, layer)
     if isinstance(layer, nn.Conv2d):
         if conv_factors == "reduce":

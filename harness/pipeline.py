@@ -30,9 +30,14 @@ class Data:
 
     train: Any
     test: Any
-    task: str  # "classify" or "autoencode"
-    num_classes: int | None
+    task: str  # "classify", "autoencode" or "language" (next-token targets at every position)
+    num_classes: int | None  # for "language": the vocabulary size
     input_shape: tuple[int, ...]  # of one input as the model receives it (after any resize)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the inputs: int64 token ids for a language model, else float32."""
+        return torch.int64 if self.task == "language" else torch.float32
 
 
 def subset(split: tuple[torch.Tensor, torch.Tensor], size: int | None, key: str) -> tuple:
@@ -111,6 +116,5 @@ def build_data(dataset: DictConfig, trainer: DictConfig, workers: Workers, seed:
         device=workers.device if splits.in_memory else None,
         num_workers=trainer.num_workers,
     )
-    task = "autoencode" if splits.autoencoder else "classify"
     shape = splits.input_shape if resize is None else (splits.input_shape[0], resize, resize)
-    return Data(train, test, task, splits.num_classes, tuple(shape))
+    return Data(train, test, splits.task, splits.num_classes, tuple(shape))

@@ -3,7 +3,8 @@
 ``build_model("resnet110", num_classes=10)`` builds a model by name; :data:`MODELS` lists them.
 CIFAR models take ``num_classes`` (and ``dropout`` for WRN); the timm models take
 ``num_classes``, ``pretrained`` (a local file path) and any ``timm.create_model`` keyword; the
-autoencoder takes ``dims``.
+autoencoder takes ``dims``; the ``gpt`` language model takes ``vocab_size``, ``context``,
+``n_layer``, ``n_head``, ``d_model``, ``dropout`` and ``tie_weights`` (:class:`models.gpt.GPT`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def autoencoder(**kwargs: Any) -> nn.Module:
     return Autoencoder(**kwargs)
 
 
+def gpt(**kwargs: Any) -> nn.Module:
+    """The small decoder-only transformer language model (:class:`models.gpt.GPT`)."""
+    from models.gpt import GPT
+
+    return GPT(**kwargs)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg19": vgg19,
     "resnet20": resnet20,
@@ -38,6 +46,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn28_10": wrn28_10,
     **{alias: partial(timm_model, alias) for alias in TIMM_ALIASES},
     "autoencoder": autoencoder,
+    "gpt": gpt,
 }
 """Every model the configs can name."""
 

@@ -39,6 +39,7 @@ OPTIMIZERS = {
     "adamw": (torch.optim.AdamW, None, {}),
     "sgd": (torch.optim.SGD, None, {}),
     "eva": (torch.optim.SGD, eva.Eva, {"kl_clip": 0.001, "damping": 0.03, "stat_batch": None}),
+    "eva_adamw": (torch.optim.AdamW, eva.Eva, {"kl_clip": 0.001, "damping": 0.03}),
     "eva_f": (torch.optim.SGD, eva.EvaF, {"scaling": "kl_norm"}),
     "eva_s": (torch.optim.SGD, eva.EvaS, {"scaling": "graft"}),
     "eva_no_klclip": (torch.optim.SGD, eva.Eva, {"kl_clip": None}),
@@ -170,13 +171,19 @@ def test_optimizer_instantiates(compose, choice):
 def test_model_builds_from_its_config(compose, choice):
     cfg = compose([f"model={choice}"]).model
     kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True)
-    if choice != "autoencoder":
+    if choice == "gpt":  # a language model: token ids in, logits per position out
+        kwargs["vocab_size"] = 10
+    elif choice != "autoencoder":
         kwargs["num_classes"] = 10
     with torch.device("meta"):  # shapes only: the ImageNet models cost no memory or time
         model = build_model(cfg.name, **kwargs)
-        out = model(torch.empty(MODEL_INPUTS.get(choice, (2, 3, 32, 32))))
+        if choice == "gpt":
+            out = model(torch.zeros(2, cfg.kwargs.context, dtype=torch.long))
+        else:
+            out = model(torch.empty(MODEL_INPUTS.get(choice, (2, 3, 32, 32))))
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert tuple(out.shape) == ((2, 784) if choice == "autoencoder" else (2, 10))
+    want = {"autoencoder": (2, 784), "gpt": (2, 128, 10)}.get(choice, (2, 10))
+    assert tuple(out.shape) == want
 
 
 @pytest.mark.parametrize("choice", choices("dataset"))

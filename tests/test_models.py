@@ -240,7 +240,7 @@ def test_unknown_model_lists_names() -> None:
 def test_registry_names_and_autoencoder() -> None:
     assert set(MODELS) == {
         "vgg19", "resnet20", "resnet32", "resnet56", "resnet110", "wrn28_10",
-        "resnet50", "inception_v4", "vit_b16", "efficientnet_b0", "autoencoder",
+        "resnet50", "inception_v4", "vit_b16", "efficientnet_b0", "autoencoder", "gpt",
     }  # fmt: skip
     model = build_model("autoencoder")
     assert model(torch.rand(2, 784)).shape == (2, 784)
