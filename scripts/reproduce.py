@@ -14,13 +14,13 @@ re-renders; ``--force`` reruns it. What each target runs at each scale: ``script
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.repro.grids import SCALES, TARGETS, target  # noqa: E402
+from scripts.repro.pool import stop_on_sigterm  # noqa: E402
 from scripts.repro.render import render  # noqa: E402
 from scripts.repro.run import Layout, run_targets  # noqa: E402
 
@@ -69,8 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM as SystemExit, so that runs started side by side (--jobs) are stopped with us
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_sigterm()  # runs started side by side (--jobs) stop with us
     names = list(TARGETS) if args.targets == ["all"] else args.targets
     try:
         targets = [target(name, args.scale) for name in names]

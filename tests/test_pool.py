@@ -81,6 +81,41 @@ def test_time_limit_stops_runs_and_says_what_is_left(tmp_path, monkeypatch):
     assert gone.returncode == 1, gone.stdout  # no sleeper left running
 
 
+def test_sigterm_stops_the_runs_too(tmp_path):
+    """Killing the pool's process (SIGTERM, as a scheduler or `kill` does) ends its runs, which
+    live in process groups of their own."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from scripts.repro import pool\n"
+        "from scripts.repro.grids import target\n"
+        "from scripts.repro.run import Layout\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(121)']\n"
+        "pool.sweep_command = lambda *args, **kwargs: sleeper\n"
+        "pool.stop_on_sigterm()\n"
+        f"layout = Layout(Path({str(tmp_path)!r}), 'smoke')\n"
+        "pool.RunPool(layout, [target('fig3', 'smoke')], False, [], 1, 2, None, {}).run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    assert "[pool] start" in proc.stdout.readline()
+    time.sleep(1.0)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", "time.sleep\\(121\\)"], capture_output=True)
+    assert left.returncode == 1, left.stdout  # no run outlived the pool
+
+
 def test_jobs_run_side_by_side_end_to_end(tmp_path):
     """The command line: Fig. 3 at SCALE=smoke with two runs at a time; records, per-run logs,
     the rendered figure; a second call has nothing left to run."""

@@ -77,16 +77,23 @@ def test_every_run_composes_into_its_preset_group(scale, compose):
 
 
 def test_shared_runs_are_one_directory():
-    """Table 9's and Fig. 7's Eva/SGD points at the default settings are Table 4's runs."""
+    """Runs that several SCALE=cpu targets need are one folder each: Table 9's Eva (seed 0, lr
+    0.1) is a run of Table 4's lr sweep, Fig. 3's FOOF is Fig. 8's, Fig. 5's Shampoo is Fig. 8's."""
     layout = Layout(Path("r"), "cpu")
 
     def dirs(name: str) -> set[Path]:
         tgt = target(name, "cpu")
-        return {layout.run_dir(s, r) for s in tgt.sweeps for r in s.runs()}
+        sweeps = [*tgt.sweeps, *(t.sweep() for t in tgt.tuned)]
+        return {layout.run_dir(s, r) for s in sweeps for r in s.runs()}
 
-    assert len(dirs("table9") & dirs("table4")) == 3  # Eva, 3 seeds, 4 epochs
-    assert len(dirs("fig7") & dirs("table4")) == 3  # SGD, K-FAC, Eva at the defaults
-    assert len(dirs("fig6") & dirs("fig5")) == 2  # K-FAC@10 and Eva
+    shared = dirs("table9") & dirs("table4")
+    assert [p.name for p in shared] == [
+        "dataset=cifar10_images,model=resnet20,optimizer.lr=0.1,optimizer=eva,seed=0"
+    ]
+    assert {p.name.split(",")[-2] for p in dirs("fig3") & dirs("fig8")} == {"optimizer=foof"}
+    assert len(dirs("fig3") & dirs("fig8")) == 2  # seeds 0 and 1
+    assert {p.name.split(",")[-2] for p in dirs("fig5") & dirs("fig8")} == {"optimizer=shampoo"}
+    assert dirs("table4") <= dirs("fig5")  # Fig. 5 plots Table 4's runs
 
 
 def test_unknown_target_or_scale_is_one_line():

@@ -12,6 +12,7 @@ import fnmatch
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ from harness.records import finished_run
 from scripts.repro.grids import Sweep, Target, Tuned
 from scripts.repro.run import ROOT, Layout, sweep_command
 from scripts.repro.tuning import chosen_lr
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that :meth:`RunPool.run` stops its runs (which have
+    their own process groups and would otherwise outlive it) before the process ends."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 @dataclass(frozen=True)
