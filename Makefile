@@ -8,13 +8,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-ttt lint clean distclean reproduce $(PAPER_TARGETS)
+.PHONY: setup demo test bench bench-ttt lint clean distclean reproduce $(PAPER_TARGETS) lm
 
 ## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
 ## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default: paper where nvidia-smi sees a GPU,
 ## else cpu); FORCE=1 reruns finished runs; ARGS passes more options to scripts/reproduce.py,
 ## e.g. ARGS="-o hydra/launcher=slurm_8x4" (Slurm) or ARGS="--nproc 4" (torchrun per run).
 PAPER_TARGETS := table4 table5 table6 table7 table8 table9 table10 fig3 fig4 fig5 fig6 fig7 fig8
+## lm: the byte-level GPT (experiment=lm): AdamW, SGD, Eva on SGD and on AdamW, K-FAC, Shampoo,
+## each at its best lr from a seed-0 sweep, 2 seeds, and a step-time benchmark; renders
+## results/lm/ (SCALE=cpu; 28 runs of ~2 min on 2 idle cores, ~1 h; SCALE=paper: results/lm/paper/,
+## SCALE=smoke: results/smoke/). Same SCALE, FORCE and ARGS as the paper targets.
 SCALE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo paper || echo cpu)
 FORCE ?=
 
@@ -43,7 +47,7 @@ bench: $(STAMP)
 bench-ttt: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/bench.py time-to-target --out results/bench
 
-$(PAPER_TARGETS): $(STAMP)
+$(PAPER_TARGETS) lm: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/reproduce.py $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
 
 ## reproduce: every table and figure at $(SCALE)

@@ -34,6 +34,7 @@ STYLE = {
     "foof_rank1": ("tab:olive", "d"),
     "mfac": ("tab:gray", "X"),
     "eva": ("tab:red", "*"),
+    "eva_adamw": ("tab:cyan", "*"),
     "eva_f": ("tab:red", "*"),
     "eva_s": ("tab:red", "*"),
 }
@@ -391,11 +392,16 @@ def draw(
         drawn = Drawn(*time_to_target.draw(target, runs, layout))
     else:
         drawn = BUILDERS[target.name](target, runs)
+    return save(drawn.figure, out, target.name), drawn.findings
+
+
+def save(figure: Figure, out: Path, stem: str) -> list[Path]:
+    """Write ``out/<stem>.png`` and ``.pdf`` and close the figure; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):
-        path = out / f"{target.name}{suffix}"
-        drawn.figure.savefig(path, dpi=150, bbox_inches="tight")
+        path = out / f"{stem}{suffix}"
+        figure.savefig(path, dpi=150, bbox_inches="tight")
         paths.append(path)
-    plt.close(drawn.figure)
-    return paths, drawn.findings
+    plt.close(figure)
+    return paths

@@ -5,8 +5,9 @@ A :class:`Target` (``table4`` ... ``fig8``) lists
 - :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
   are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
 - :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
-  best rate (Table 4 and Fig. 5 at the reduced scales: each method at its own best lr);
-- :class:`BenchJob` objects: one ``scripts/bench.py`` call each (Tables 5, 8, 10);
+  best rate (Table 4 and Fig. 5 at the reduced scales, and ``lm``: each method at its own best lr);
+- :class:`BenchJob` objects: one ``scripts/bench.py`` call each (Tables 5, 8, 10), or another
+  benchmark script (``lm``: ``scripts/lm_steptime.py``);
 - ``not_run``: the rows or panels that this scale cannot produce, each with the reason.
 
 Scales (``SCALES``):
@@ -20,6 +21,9 @@ Scales (``SCALES``):
   the CPU benchmark. Datasets that are not here (CIFAR-100, ImageNet, FACES, CURVES) are
   reported as not run.
 - ``smoke`` — seconds, synthetic data: proves every target runs and renders end to end.
+
+Besides the paper's artifacts, ``lm`` compares optimizers on the byte-level GPT of
+``experiment=lm`` (not in the paper); its renders go to ``<results>/lm/`` (see :func:`lm`).
 
 A run's identity is its set of overrides: its directory is Hydra's ``override_dirname`` (the
 sorted ``key=value`` overrides joined by commas) under ``<out_root>/<group of the preset>/``, so
@@ -72,16 +76,23 @@ class Tuned:
     """Runs at a learning rate chosen by a sweep, as the paper tunes each method on its own.
 
     First ``seeds[0]`` at every rate of ``lrs`` (:meth:`sweep`); once all of those finished, the
-    other seeds at the rate whose run ended with the highest test accuracy (:meth:`final`; see
-    :func:`scripts.repro.tuning.chosen_lr`). The chosen rate's seed-0 run is one of the final
-    seeds, so the rate is picked on one of the runs it is reported with (a small optimistic bias,
-    the same for every method).
+    other seeds at the rate whose run ended with the best final ``metric`` (:meth:`final`; see
+    :func:`scripts.repro.tuning.chosen_lr`): the highest for an accuracy, the lowest for a loss
+    (:attr:`minimise`). The chosen rate's seed-0 run is one of the final seeds, so the rate is
+    picked on one of the runs it is reported with (a small optimistic bias, the same for every
+    method).
     """
 
     experiment: str
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
     fixed: dict[str, Value] = field(default_factory=dict)
+    metric: str = "test_acc"
+
+    @property
+    def minimise(self) -> bool:
+        """Whether a lower final ``metric`` is better (losses and bits per byte)."""
+        return self.metric.endswith(("_loss", "_bpb"))
 
     def sweep(self) -> Sweep:
         """The learning-rate sweep (first seed only)."""
@@ -103,10 +114,12 @@ class Tuned:
 
 @dataclass(frozen=True)
 class BenchJob:
-    """One ``scripts/bench.py`` call; ``name`` is its output stem under ``<out>/bench/``."""
+    """One benchmark call (``script``, default ``scripts/bench.py``, with ``args`` and then
+    ``--out <bench folder> --name <name>``); ``name`` is its output stem under ``<out>/bench/``."""
 
     name: str
     args: tuple[str, ...]
+    script: str = "scripts/bench.py"
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ class Target:
     tuned: tuple[Tuned, ...] = ()
     not_run: tuple[str, ...] = ()
     settings: dict[str, object] = field(default_factory=dict)
+    renders: str | None = None
+    """Folder under the results folder for the renders; None: ``<scale>/`` (the paper's)."""
 
 
 # Learning rates the paper tuned per optimizer but does not list: ours (CIFAR batch 512 / AE).
@@ -717,13 +732,92 @@ def table8(scale: str) -> Target:
     )
 
 
+LM_LRS = {
+    "cpu": {"adamw": (1e-3, 2e-3, 4e-3), "sgd": (0.03, 0.1, 0.3)},
+    "smoke": {"adamw": (1e-3, 4e-3), "sgd": (0.03, 0.3)},
+}
+"""Learning rates the ``lm`` settings are swept over (seed 0), per family: AdamW's around
+``experiment=lm``'s 2e-3; SGD's around 0.1 (conf/experiment/lm.yaml: 0.5 diverges)."""
+LM_SGD_WEIGHT_DECAY = 5e-4
+"""SGD-based ``lm`` settings' weight decay (the sgd preset's): ``experiment=lm`` sets AdamW's
+decoupled 0.1, which every optimizer would otherwise inherit as a coupled L2 term."""
+LM_SMALL_DAMPING = 1e-9
+"""Eva's damping at which its rank-one term acts on the GPT: along AdamW's trajectory
+‖ā‖²‖b̄‖² is 1e-9 to 1e-6 per layer (median ~4e-8 after 40 steps), so that
+‖ā‖²‖b̄‖² / (γ + ‖ā‖²‖b̄‖²) is ~0.95 (median over layers) instead of ~0 at γ = 0.03."""
+
+
+def lm_settings() -> tuple[tuple[str, dict[str, Value]], ...]:
+    """The ``lm`` comparison: (lr family, fixed overrides) per setting."""
+    sgd_wd: dict[str, Value] = {"optimizer.weight_decay": LM_SGD_WEIGHT_DECAY}
+    return (
+        ("adamw", {"optimizer": "adamw"}),
+        ("sgd", {"optimizer": "sgd"} | sgd_wd),
+        ("sgd", {"optimizer": "eva"} | sgd_wd),
+        ("adamw", {"optimizer": "eva_adamw"}),
+        ("adamw", {"optimizer": "eva_adamw", "optimizer.damping": LM_SMALL_DAMPING}),
+        ("sgd", {"optimizer": "kfac"} | sgd_wd),
+        ("sgd", {"optimizer": "shampoo"} | sgd_wd),
+    )
+
+
+def lm(scale: str) -> Target:
+    """Optimizers on the byte-level GPT (``experiment=lm``; not a paper experiment): each setting
+    at its best lr by final validation loss, 2 seeds; renders into ``<results>/lm/``."""
+    lrs = LM_LRS["smoke" if scale == "smoke" else "cpu"]
+    exp = "smoke_lm" if scale == "smoke" else "lm"
+    seeds = (0, 1)
+    tuned = tuple(
+        Tuned(exp, lrs[family], seeds, fixed, metric="test_loss") for family, fixed in lm_settings()
+    )
+    labels = tuple(t.label for t in tuned)
+    steps = ("--steps", "3", "--warmup", "1") if scale == "smoke" else ("--steps", "30")
+    bench = BenchJob(
+        f"steptime-{scale}-lm",
+        ("--experiment", exp, *steps, *(a for label in labels for a in ("--setting", label))),
+        script="scripts/lm_steptime.py",
+    )
+    what = {
+        "paper": "the paper has no language-model experiment: SCALE=paper runs the cpu grid "
+        "unchanged (records under runs/paper/, renders under lm/paper/)",
+        "cpu": "`experiment=lm` as it is",
+        "smoke": "smoke: `experiment=smoke_lm` (a 1-layer GPT of width 16, 2 epochs of 3 steps)",
+    }[scale]
+    recipe = (
+        ""
+        if scale == "smoke"
+        else ": a 4-layer GPT (width 128, context 128), 5 epochs of 100 steps of 32 windows of "
+        "128 bytes, cosine schedule after 20 warmup steps"
+    )
+    return Target(
+        "lm",
+        scale,
+        "Byte-level GPT on the Python standard library: validation loss of AdamW, SGD, Eva, "
+        "K-FAC and Shampoo, each at its best learning rate",
+        f"{what}{recipe}; lr swept per setting with seed 0 (AdamW-based {lrs['adamw']}, "
+        f"SGD-based {lrs['sgd']}), then seeds {seeds} at the lr with the lowest final validation "
+        f"loss; SGD-based settings with weight decay {LM_SGD_WEIGHT_DECAY} (AdamW's: 0.1, "
+        "decoupled); Eva and K-FAC at damping 0.03 unless stated; step times measured alone, all "
+        f"settings in turn on the same batches (`{bench.name}` record)",
+        tuned=tuned,
+        bench=(bench,),
+        not_run=(
+            "Eva on SGD at a small damping: in a 10-step probe (damping 1e-9, lr 0.1 and 0.03) "
+            "it diverged; KL clipping bounds α²ν²pᵀg by κ, and with P ≈ G/γ the step's squared "
+            "norm is then κ/γ, huge for a small γ (under AdamW the scale cancels)",
+        ),
+        settings={"steptime": bench.name},
+        renders=None if scale == "smoke" else ("lm" if scale == "cpu" else "lm/paper"),
+    )
+
+
 BUILDERS = {
     builder.__name__: builder
     for builder in (table4, table5, table6, table7, table8, table9, table10)
-    + (fig3, fig4, fig5, fig6, fig7, fig8)
+    + (fig3, fig4, fig5, fig6, fig7, fig8, lm)
 }
 TARGETS = tuple(BUILDERS)
-"""Every target, in the paper's order."""
+"""Every target, in the paper's order, then ``lm`` (ours)."""
 
 
 def target(name: str, scale: str) -> Target:

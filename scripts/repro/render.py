@@ -1,5 +1,6 @@
 """Write a target's outputs from its records: ``<name>.md`` (+ ``.tex`` for tables, ``.png`` and
-``.pdf`` for figures) under ``<results>/<scale>/``.
+``.pdf`` for figures) under ``<results>/<scale>/`` (``lm``: a table and a figure, under
+``<results>/lm/``; see :meth:`scripts.repro.run.Layout.renders_of`).
 
 The Markdown states what ran, at what scale, on what data, the command that regenerates it, how
 many of the grid's runs finished, what could not run here, the numbers (ours beside the paper's)
@@ -13,14 +14,19 @@ from collections import Counter
 from pathlib import Path
 
 from harness.records import atomic_write_text
-from scripts.repro import figures, tables
+from scripts.repro import figures, lm_report, tables
 from scripts.repro.grids import Target
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 
+OWN_TITLES = {"lm": "Language model"}
+"""Titles of the targets that are not the paper's."""
+
 
 def title(name: str) -> str:
-    """``table4`` → ``Table 4``, ``fig3`` → ``Figure 3``."""
+    """``table4`` → ``Table 4``, ``fig3`` → ``Figure 3``, ``lm`` → ``Language model``."""
+    if name in OWN_TITLES:
+        return OWN_TITLES[name]
     kind, number = re.fullmatch(r"([a-z]+)(\d+)", name).groups()  # type: ignore[union-attr]
     return f"{'Table' if kind == 'table' else 'Figure'} {number}"
 
@@ -65,7 +71,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
     """Render one target from whatever records exist; returns the files written."""
     notes = notes or []
     runs = load_runs(target, layout)
-    out = layout.renders
+    out = layout.renders_of(target)
     out.mkdir(parents=True, exist_ok=True)
     text = header(target, runs, layout, notes)
     written: list[Path] = []
@@ -77,16 +83,23 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
         tex = out / f"{target.name}.tex"
         atomic_write_text(tex, tables.latex(table, caption, target.name))
         written.append(tex)
+    elif target.name == "lm":
+        figure, table = lm_report.build(target, runs, layout)
+        text += "\n" + tables.markdown(table)
+        text += f"\n![{title(target.name)}]({target.name}.png)\n"
+        written += figures.save(figure, out, target.name)
+        findings = table.findings
     else:
         paths, findings = figures.draw(target, runs, out, layout)
         written += paths
         text += f"\n![{title(target.name)}]({target.name}.png)\n"
     if findings:
         text += "\n**What the numbers show:**\n" + "".join(f"- {f}\n" for f in findings)
-    text += (
-        "\nThe paper's numbers come from `scripts/repro/paper_numbers.csv` (transcribed from "
-        "the paper's tables and text).\n"
-    )
+    if target.name not in OWN_TITLES:
+        text += (
+            "\nThe paper's numbers come from `scripts/repro/paper_numbers.csv` (transcribed from "
+            "the paper's tables and text).\n"
+        )
     md = out / f"{target.name}.md"
     atomic_write_text(md, text)
     return [md, *written]

@@ -58,6 +58,11 @@ class Layout:
     def renders(self) -> Path:
         return self.results / self.scale
 
+    def renders_of(self, target: Target) -> Path:
+        """Where a target's renders go: its own folder if it names one (``lm``: ``lm/``), else
+        :attr:`renders`."""
+        return self.results / target.renders if target.renders else self.renders
+
     def run_dir(self, sweep: Sweep, run: dict[str, str]) -> Path:
         # Every experiment preset's ``group`` is its own name (tests/test_repro.py checks it).
         return self.runs / sweep.experiment / run_dirname(run)
@@ -142,10 +147,14 @@ def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]
     return sweeps, notes
 
 
-def bench_command(job_name: str, args: Sequence[str], layout: Layout) -> list[str]:
+def bench_command(
+    job_name: str, args: Sequence[str], layout: Layout, script: str = "scripts/bench.py"
+) -> list[str]:
+    """A benchmark call: ``script`` (relative to the repository) with ``args``, ``--out`` and
+    ``--name``."""
     return [
         sys.executable,
-        str(ROOT / "scripts/bench.py"),
+        str(ROOT / script),
         *args,
         "--out",
         str(layout.bench),
@@ -212,7 +221,7 @@ def run_targets(
         if not any(n.startswith("not run:") for n in notes[target.name]):
             available.append(target)
     benches = [
-        bench_command(job.name, job.args, layout)
+        bench_command(job.name, job.args, layout, job.script)
         for target in targets
         for job in target.bench
         if force or not (layout.bench / f"{job.name}.json").exists()
