@@ -2,13 +2,16 @@
 
     python scripts/reproduce.py table4 --scale cpu        # or: make table4 SCALE=cpu
     python scripts/reproduce.py fig4 fig7 --scale smoke
+    python scripts/reproduce.py lm --scale cpu            # or: make lm (results/lm/)
     python scripts/reproduce.py table4 --scale paper --dry-run          # print the commands
     python scripts/reproduce.py table4 --scale paper -o hydra/launcher=slurm_8x4
     python scripts/reproduce.py table4 table9 fig3 fig5 fig8 --scale cpu --jobs 12  # one big GPU
 
 Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/bench/``, renders
-(Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/``. With complete records a target only
-re-renders; ``--force`` reruns it. What each target runs at each scale: ``scripts/repro/grids.py``.
+(Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/`` (the language-model comparison ``lm``, not a
+paper artifact: to ``<results>/lm/`` at SCALE=cpu, ``<results>/lm/paper/`` at SCALE=paper).
+With complete records a target only re-renders; ``--force`` reruns it. What each target runs at
+each scale: ``scripts/repro/grids.py``.
 """
 
 from __future__ import annotations

@@ -150,13 +150,13 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
             ]
         )
     for ax in axes[0]:
-        ax.set_ylabel("validation loss (nats/byte), mean over seeds")
+        ax.set_ylabel("validation loss (nats/byte)")
         if goal is not None:
             ax.axhline(goal, color="black", linestyle=":", linewidth=1)
     axes[0][0].set_xlabel("step")
     axes[0][1].set_xlabel(f"training time (s): steps × mean ms/step alone ({bench})")
     _legend(axes[0][0], fontsize=6, loc="upper right")
-    fig.suptitle(target.title, fontsize=9)
+    fig.suptitle(f"{target.title} (mean over seeds)", fontsize=9)
     fig.tight_layout()
     return fig, Table(header, table_rows, _findings(rows, goal, times, time_note, bench))
 
