@@ -123,15 +123,19 @@ def sweep_command(
     ]
 
 
-def pending(target: Target, layout: Layout, force: bool = False) -> list[Sweep]:
-    """The target's sweeps with at least one run not finished (all of them with ``force``);
-    a tuned setting contributes its learning-rate sweep here (its final seeds come after)."""
-    sweeps = [*target.sweeps, *(t.sweep() for t in target.tuned)]
+def unfinished(sweeps: Sequence[Sweep], layout: Layout, force: bool = False) -> list[Sweep]:
+    """The sweeps with at least one run not finished (all of them with ``force``)."""
     return [
         s
         for s in sweeps
         if force or any(finished_run(layout.run_dir(s, r)) is None for r in s.runs())
     ]
+
+
+def pending(target: Target, layout: Layout, force: bool = False) -> list[Sweep]:
+    """The target's sweeps with at least one run not finished (all of them with ``force``);
+    a tuned setting contributes its learning-rate sweep here (its final seeds come after)."""
+    return unfinished([*target.sweeps, *(t.sweep() for t in target.tuned)], layout, force)
 
 
 def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]]:
@@ -248,21 +252,20 @@ def run_targets(
             raise RuntimeError(f"a command exited with status {proc.returncode}")
 
     launched: set[tuple[str, ...]] = set()
-    for target in available:
-        for sweep in pending(target, layout, force):
+
+    def launch_sweeps(sweeps: Sequence[Sweep]) -> None:
+        for sweep in unfinished(sweeps, layout, force):
             command = sweep_command(sweep, layout, extra, force, nproc)
-            if tuple(command) not in launched:
+            if tuple(command) not in launched:  # a sweep two targets share runs once
                 launched.add(tuple(command))
                 launch(command)
+
+    for target in available:
+        launch_sweeps([*target.sweeps, *(t.sweep() for t in target.tuned)])
     for target in available:
         finals, waiting = final_sweeps(target, layout)
         notes[target.name] += waiting
-        for sweep in finals:
-            if force or any(finished_run(layout.run_dir(sweep, r)) is None for r in sweep.runs()):
-                command = sweep_command(sweep, layout, extra, force, nproc)
-                if tuple(command) not in launched:
-                    launched.add(tuple(command))
-                    launch(command)
+        launch_sweeps(finals)
     for command in benches:
         launch(command)
     return notes

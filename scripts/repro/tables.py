@@ -111,7 +111,7 @@ def setting_name(setting: dict[str, Any]) -> str:
     return text + (", whole-batch statistics" if setting["optimizer"] != "sgd" else "")
 
 
-def _tuned_runs(runs: list[Run], tuned: Tuned) -> list[Run]:
+def tuned_runs(runs: list[Run], tuned: Tuned) -> list[Run]:
     """The runs of one tuned setting (its sweep and its final seeds)."""
     where = {
         k.replace(".", "__") + ("__name" if k in ("optimizer", "model", "dataset") else ""): v
@@ -147,7 +147,7 @@ def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
     cells: dict[str, Cell] = {}
     rows = []
     for tuned in target.tuned:
-        mine = _tuned_runs(runs, tuned)
+        mine = tuned_runs(runs, tuned)
         sweep = [cell(select(mine, optimizer__lr=lr, seed=tuned.seeds[0])).text() for lr in lrs]
         lr = chosen_lr(tuned, layout)
         final = cell(select(mine, optimizer__lr=lr)) if lr is not None else None

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from scripts.repro.grids import Target
 from scripts.repro.records import Run, cell, paper_value, select
 from scripts.repro.run import Layout
-from scripts.repro.tables import difference, name, setting_name, verdict
+from scripts.repro.tables import difference, name, setting_name, tuned_runs, verdict
 from scripts.repro.tuning import chosen_lr
 
 BENCH_LABEL = {"kfac": "kfac@10", "shampoo": "shampoo@10", "foof": "foof@50"}
@@ -46,13 +46,7 @@ def settings(target: Target, runs: list[Run], layout: Layout) -> dict[str, list[
         lr = chosen_lr(tuned, layout)
         if lr is None:
             continue
-        stat = tuned.fixed.get("optimizer.stat_batch")
-        mine = select(
-            runs,
-            optimizer__name=tuned.fixed["optimizer"],
-            optimizer__stat_batch=stat,
-            optimizer__lr=lr,
-        )
+        mine = select(tuned_runs(runs, tuned), optimizer__lr=lr)
         out[f"{setting_name(tuned.fixed)} (lr {lr:g})"] = mine
     for sweep in target.sweeps:
         opt = str(sweep.fixed["optimizer"])
