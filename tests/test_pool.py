@@ -28,8 +28,9 @@ class Finished:
 
 
 def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch):
-    """Every sweep run starts before its setting's finals; the finals run at the chosen lr and
-    jump the queue; runs shared by targets start once; first seeds come before second seeds."""
+    """Every sweep run starts before its setting's finals, and so does the rate past the edge
+    the sweep's best sat on (0.025 here); the finals run at the chosen lr and jump the queue;
+    runs shared by targets start once; first seeds come before second seeds."""
     layout = Layout(tmp_path, "smoke")
     targets = [target(name, "smoke") for name in ("table4", "fig8", "fig3", "table9")]
     started: list[dict[str, str]] = []
@@ -53,6 +54,8 @@ def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch)
         final = tuned.final(0.05).runs()
         sweep = tuned.sweep().runs()
         assert max(started.index(r) for r in sweep) < min(started.index(r) for r in final)
+        extension = tuned.sweep((0.025,)).runs()[0]
+        assert started.index(extension) < min(started.index(r) for r in final)
     finals = [r for t in targets[0].tuned for r in t.final(0.05).runs()]
     statics = [r for r in started if r["optimizer"] in ("eva_f", "eva_s", "foof_rank1")]
     # finals jump the queue: all of them start before the first static run queued ahead of them

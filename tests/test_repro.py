@@ -140,8 +140,9 @@ def _fixed_overrides(tuned) -> dict[str, str]:
 
 
 def test_table4_picks_each_settings_best_lr_then_runs_its_seeds(tmp_path):
-    """Tuned rows: the final seeds wait for the whole lr sweep, run at the best lr (ties: the
-    smaller), and the table shows the sweep, the choice and the verdicts against SGD."""
+    """Tuned rows: the final seeds wait for the whole lr sweep, a best rate on an edge adds one
+    rate past it first, the final seeds run at the best lr (ties: the smaller), and the table
+    shows the sweep, the choice (marked when still on an edge) and the verdicts against SGD."""
     layout = Layout(tmp_path, "cpu")
     tgt = target("table4", "cpu")
     assert [t.label for t in tgt.tuned] == [
@@ -151,48 +152,67 @@ def test_table4_picks_each_settings_best_lr_then_runs_its_seeds(tmp_path):
         "optimizer=eva",
         "optimizer=eva,optimizer.stat_batch=16",
     ]
-    sweep_acc = {  # seed 0 at lr 0.05, 0.1, 0.2
-        "optimizer=sgd": (0.80, 0.82, 0.81),
-        "optimizer=kfac": (0.83, 0.83, 0.80),  # tie: the smaller lr wins
-        "optimizer=kfac,optimizer.stat_batch=16": (0.80, 0.81, 0.84),
-        "optimizer=eva": (0.85, 0.84, 0.83),
-        "optimizer=eva,optimizer.stat_batch=16": (0.79, 0.80, 0.81),
+    sweep_acc = {  # seed 0 at lr 0.05, 0.1, 0.2, then at the rate past the edge
+        "optimizer=sgd": ((0.05, 0.80), (0.1, 0.82), (0.2, 0.81)),
+        "optimizer=kfac": ((0.05, 0.83), (0.1, 0.83), (0.2, 0.80), (0.025, 0.82)),  # tie: 0.05
+        "optimizer=kfac,optimizer.stat_batch=16": (
+            (0.05, 0.80),
+            (0.1, 0.81),
+            (0.2, 0.84),
+            (0.4, 0.83),
+        ),
+        "optimizer=eva": ((0.05, 0.85), (0.1, 0.84), (0.2, 0.83), (0.025, 0.86)),  # still edge
+        "optimizer=eva,optimizer.stat_batch=16": (
+            (0.05, 0.79),
+            (0.1, 0.80),
+            (0.2, 0.81),
+            (0.4, 0.81),  # tie: 0.2
+        ),
     }
+
+    def fabricate_sweep(tuned, count):
+        for lr, acc in sweep_acc[tuned.label][:count]:
+            run = {**tuned.sweep((lr,)).runs()[0]}
+            fabricate(layout, tuned.sweep((lr,)), run, {"test_acc": acc}, config=run)
+
     for tuned in tgt.tuned:
-        sweep = tuned.sweep()
-        for run, acc in zip(sweep.runs()[:2], sweep_acc[tuned.label], strict=False):
-            fabricate(layout, sweep, run, {"test_acc": acc}, config=run)
+        fabricate_sweep(tuned, 2)
     assert chosen_lr(tgt.tuned[0], layout) is None  # lr 0.2 still missing
     notes = repro_run.run_targets([tgt], layout, dry_run=True)["table4"]
     assert sum("its lr sweep is unfinished" in n for n in notes) == 5
     for tuned in tgt.tuned:
-        sweep = tuned.sweep()
-        fabricate(
-            layout,
-            sweep,
-            sweep.runs()[2],
-            {"test_acc": sweep_acc[tuned.label][2]},
-            config=sweep.runs()[2],
-        )
+        fabricate_sweep(tuned, 3)
+    assert [chosen_lr(t, layout) for t in tgt.tuned] == [0.1, None, None, None, None]
+    pending = repro_run.pending(tgt, layout)
+    assert [s.axes["optimizer.lr"] for s in pending] == [
+        (0.025, 0.05, 0.1, 0.2),
+        (0.05, 0.1, 0.2, 0.4),
+        (0.025, 0.05, 0.1, 0.2),
+        (0.05, 0.1, 0.2, 0.4),
+    ]
+    for tuned in tgt.tuned:
+        fabricate_sweep(tuned, 4)
     chosen = [chosen_lr(t, layout) for t in tgt.tuned]
-    assert chosen == [0.1, 0.05, 0.2, 0.05, 0.2]
+    assert chosen == [0.1, 0.05, 0.2, 0.025, 0.2]  # one extension only: Eva's stays on its edge
     for tuned, lr in zip(tgt.tuned, chosen, strict=True):
         final = tuned.final(lr)
         assert [r["seed"] for r in final.runs()] == ["1", "2"]
         for run in final.runs():
-            acc = sweep_acc[tuned.label][tuned.lrs.index(lr)] + 0.01 * int(run["seed"])
+            acc = dict(sweep_acc[tuned.label])[lr] + 0.01 * int(run["seed"])
             fabricate(layout, final, run, {"test_acc": acc}, config=run)
     assert not repro_run.pending(tgt, layout)
     md = render(tgt, layout)[0].read_text()
-    # SGD at 0.1: seeds 82, 83, 84 → 83.00 ± 1.00; Eva at 0.05: 85, 86, 87 → 86.00 ± 1.00
-    assert "| SGD | 80.00 | 82.00 | 81.00 | 0.1 | 83.00 ± 1.00 | — |" in md
-    row = "| Eva, whole-batch statistics | 85.00 | 84.00 | 83.00 | 0.05 | 86.00 ± 1.00 |"
-    assert row + " +3.00 ± 0.82 (higher) | 93.76 ± 0 |" in md
-    assert "| K-FAC, 16-sample statistics | 80.00 | 81.00 | 84.00 | 0.2 | 85.00 ± 1.00 |" in md
-    assert "With whole-batch statistics: Eva − SGD +3.00 ± 0.82 (higher)" in md
+    assert "| lr 0.025 (seed 0) | lr 0.05 (seed 0) | lr 0.1 (seed 0) | lr 0.2 (seed 0) |" in md
+    # SGD at 0.1: seeds 82, 83, 84 → 83.00 ± 1.00; Eva at 0.025: 86, 87, 88 → 87.00 ± 1.00
+    assert "| SGD | — | 80.00 | 82.00 | 81.00 | — | 0.1 | 83.00 ± 1.00 | — |" in md
+    row = "| Eva, whole-batch statistics | 86.00 | 85.00 | 84.00 | 83.00 | — |"
+    assert row + " 0.025 (edge of sweep) | 87.00 ± 1.00 | +4.00 ± 0.82 (higher) |" in md
+    row = "| K-FAC, 16-sample statistics | — | 80.00 | 81.00 | 84.00 | 83.00 | 0.2 |"
+    assert row + " 85.00 ± 1.00 |" in md
+    assert "With whole-batch statistics: Eva − SGD +4.00 ± 0.82 (higher)" in md
     assert "K-FAC − SGD +1.00 ± 0.82 (no difference)" in md
     assert "does not hold at this scale" in md
-    assert "Runs: 25 of 25 completed" in md
+    assert "Runs: 29 of 29 completed" in md
 
 
 def test_missing_and_diverged_runs_are_said_so(tmp_path):

@@ -81,6 +81,10 @@ class Tuned:
     (:attr:`minimise`). The chosen rate's seed-0 run is one of the final seeds, so the rate is
     picked on one of the runs it is reported with (a small optimistic bias, the same for every
     method).
+
+    A best rate at the edge of the sweep says little: with ``extend`` > 0 the sweep grows by one
+    rate past that edge (:meth:`beyond`, the grid's own ratio) and is judged again, up to
+    ``extend`` extra rates (:func:`scripts.repro.tuning.swept_rates`).
     """
 
     experiment: str
@@ -88,17 +92,35 @@ class Tuned:
     seeds: tuple[int, ...]
     fixed: dict[str, Value] = field(default_factory=dict)
     metric: str = "test_acc"
+    extend: int = 0
 
     @property
     def minimise(self) -> bool:
         """Whether a lower final ``metric`` is better (losses and bits per byte)."""
         return self.metric.endswith(("_loss", "_bpb"))
 
-    def sweep(self) -> Sweep:
-        """The learning-rate sweep (first seed only)."""
+    def sweep(self, rates: tuple[float, ...] | None = None) -> Sweep:
+        """The learning-rate sweep (first seed only) over ``rates`` (default: :attr:`lrs`; the
+        rates swept so far, extensions included, come from
+        :func:`scripts.repro.tuning.current_sweep`)."""
         return Sweep(
-            self.experiment, {"optimizer.lr": self.lrs}, self.fixed | {"seed": self.seeds[0]}
+            self.experiment,
+            {"optimizer.lr": self.lrs if rates is None else rates},
+            self.fixed | {"seed": self.seeds[0]},
         )
+
+    def beyond(self, rates: tuple[float, ...], best: float) -> float | None:
+        """The next rate past the edge of ``rates`` that ``best`` sits on (one step of the
+        grid's ratio ``lrs[1] / lrs[0]``), or None when ``best`` is inside the sweep or the
+        extensions are used up."""
+        if len(self.lrs) < 2 or len(rates) - len(self.lrs) >= self.extend:
+            return None
+        ratio = self.lrs[1] / self.lrs[0]
+        if best == max(rates):
+            return float(f"{max(rates) * ratio:.6g}")
+        if best == min(rates):
+            return float(f"{min(rates) / ratio:.6g}")
+        return None
 
     def final(self, lr: float) -> Sweep:
         """The remaining seeds at the chosen rate (its first-seed run is the sweep's)."""
@@ -167,6 +189,8 @@ FULL_DATA = (
 )
 TUNED_LRS = {"cpu": (0.05, 0.1, 0.2), "smoke": (0.05, 0.1)}
 """Learning rates each Table 4 method is swept over at the reduced scales (seed 0)."""
+TUNED_EXTEND = 1
+"""Extra rates a tuned sweep may add past an edge its best rate sits on (``Tuned.extend``)."""
 AUTHORS_STAT_BATCH = 16
 """The authors' runs took Kronecker vectors / factors from the first 16 samples of each batch."""
 
@@ -194,7 +218,13 @@ def table4_settings(scale: str) -> tuple[dict[str, Value], ...]:
 def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
     exp, model, data = _decisive(scale)
     return tuple(
-        Tuned(exp, TUNED_LRS[scale], _seeds(scale), {"model": model, "dataset": data} | setting)
+        Tuned(
+            exp,
+            TUNED_LRS[scale],
+            _seeds(scale),
+            {"model": model, "dataset": data} | setting,
+            extend=TUNED_EXTEND,
+        )
         for setting in table4_settings(scale)
     )
 
@@ -249,8 +279,8 @@ def table4(scale: str) -> Target:
             scale,
             "Test accuracy (%) of SGD, K-FAC and Eva trained from scratch, each at its best "
             "learning rate; K-FAC and Eva with whole-batch and with 16-sample statistics",
-            f"{what}; lr swept over {TUNED_LRS[scale]} with seed 0, then seeds "
-            f"{_seeds(scale)} at the best one",
+            f"{what}; lr swept over {TUNED_LRS[scale]} with seed 0 (one more rate past the "
+            f"edge when the best sits on it), then seeds {_seeds(scale)} at the best one",
             tuned=_table4_tuned(scale),
             not_run=(CPU_ONLY_MODEL, NO_C100) if scale == "cpu" else (),
             settings={"lrs": TUNED_LRS[scale]},
@@ -768,7 +798,8 @@ def lm(scale: str) -> Target:
     exp = "smoke_lm" if scale == "smoke" else "lm"
     seeds = (0, 1)
     tuned = tuple(
-        Tuned(exp, lrs[family], seeds, fixed, metric="test_loss") for family, fixed in lm_settings()
+        Tuned(exp, lrs[family], seeds, fixed, metric="test_loss", extend=TUNED_EXTEND)
+        for family, fixed in lm_settings()
     )
     labels = tuple(t.label for t in tuned)
     steps = ("--steps", "3", "--warmup", "1") if scale == "smoke" else ("--steps", "30")
@@ -795,9 +826,10 @@ def lm(scale: str) -> Target:
         "Byte-level GPT on the Python standard library: validation loss of AdamW, SGD, Eva, "
         "K-FAC and Shampoo, each at its best learning rate",
         f"{what}{recipe}; lr swept per setting with seed 0 (AdamW-based {lrs['adamw']}, "
-        f"SGD-based {lrs['sgd']}), then seeds {seeds} at the lr with the lowest final validation "
-        f"loss; SGD-based settings with weight decay {LM_SGD_WEIGHT_DECAY} (AdamW's: 0.1, "
-        "decoupled); Eva and K-FAC at damping 0.03 unless stated; step times measured alone, all "
+        f"SGD-based {lrs['sgd']}; one more rate past the edge when the best sits on it), then "
+        f"seeds {seeds} at the lr with the lowest final validation loss; SGD-based settings "
+        f"with weight decay {LM_SGD_WEIGHT_DECAY} (AdamW's: 0.1, decoupled); Eva and K-FAC at "
+        "damping 0.03 unless stated; step times measured alone, all "
         f"settings in turn on the same batches (`{bench.name}` record)",
         tuned=tuned,
         bench=(bench,),

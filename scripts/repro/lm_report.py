@@ -26,7 +26,7 @@ from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell
 from scripts.repro.run import Layout
 from scripts.repro.tables import Table, difference, name, verdict
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import at_edge, chosen_lr, swept_rates
 
 METRIC = "test_loss"
 LABELS = {"eva": "Eva (on SGD)", "eva_adamw": "Eva (on AdamW)"}
@@ -64,6 +64,8 @@ class Setting:
     lr: float | None
     runs: list[Run]
     sweep: list[Cell]
+    rates: tuple[float, ...]
+    edge: bool
 
     @property
     def final(self) -> Cell:
@@ -82,17 +84,26 @@ def settings(target: Target, runs: list[Run], layout: Layout) -> list[Setting]:
     by_dir = {r.dir: r for r in runs}
     out = []
     for tuned in target.tuned:
-        sweep = tuned.sweep()
+        rates = swept_rates(tuned, layout)
+        sweep = tuned.sweep(rates)
         seed0 = [by_dir[layout.run_dir(sweep, run)] for run in sweep.runs()]
         lr = chosen_lr(tuned, layout)
         mine: list[Run] = []
         if lr is not None:
             final = tuned.final(lr)
-            mine = [seed0[tuned.lrs.index(lr)]]
+            mine = [seed0[rates.index(lr)]]
             mine += [by_dir[layout.run_dir(final, run)] for run in final.runs()]
         sweep_cells = [cell([r], METRIC) for r in seed0]
-        out.append(Setting(tuned, setting_label(tuned), lr, mine, sweep_cells))
+        label = setting_label(tuned)
+        out.append(Setting(tuned, label, lr, mine, sweep_cells, rates, at_edge(tuned, layout)))
     return out
+
+
+def _chosen(setting: Setting) -> str:
+    """The chosen-lr cell: the rate, marked when it is an edge of the (extended) sweep."""
+    if setting.lr is None:
+        return "sweep unfinished"
+    return fmt(setting.lr) + (" (edge of sweep)" if setting.edge else "")
 
 
 def _time_to(setting: Setting, goal: float | None, ms: float | None) -> str:
@@ -133,7 +144,7 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
             if ms is not None:
                 axes[0][1].plot([x * ms / 1000 for x in steps], losses, label=label, **style)
         sweep = " · ".join(
-            f"{fmt(lr)}: {c.text(3)}" for lr, c in zip(s.tuned.lrs, s.sweep, strict=True)
+            f"{fmt(lr)}: {c.text(3)}" for lr, c in zip(s.rates, s.sweep, strict=True)
         )
         diff = difference(s.final, adamw.final) if adamw and s is not adamw else None
         ratio = f"{ms / base_ms:.2f}× ({ms:.1f} ms)" if ms is not None and base_ms else "—"
@@ -141,7 +152,7 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
             [
                 s.label,
                 sweep,
-                fmt(s.lr) if s.lr is not None else "sweep unfinished",
+                _chosen(s),
                 s.final.text(3) if s.lr is not None else "not run",
                 cell(s.runs, "test_bpb").text(3) if s.lr is not None else "not run",
                 verdict(diff),

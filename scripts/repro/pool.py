@@ -2,8 +2,9 @@
 
 Every run of the targets becomes one ``train.py -m`` process with a single job, so it lands in
 the same directory and record as in a sweep. Up to ``jobs`` run at a time; learning-rate sweeps
-of tuned settings start first, and a setting's final seeds are queued ahead of everything else
-as soon as its sweep has finished. Runs that several targets share run once.
+of tuned settings start first, and a setting's final seeds (or the rate its sweep adds past an
+edge) are queued ahead of everything else as soon as its sweep has finished. Runs that several
+targets share run once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from harness.records import finished_run
 from scripts.repro.grids import Sweep, Target, Tuned
 from scripts.repro.run import ROOT, Layout, sweep_command
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import chosen_lr, current_sweep
 
 
 def stop_on_sigterm() -> None:
@@ -68,7 +69,7 @@ class RunPool:
             for tuned in target.tuned:
                 if tuned not in self.waiting:
                     self.waiting.append(tuned)
-                self._add(tuned.sweep())
+                self._add(current_sweep(tuned, layout))
         for target in targets:
             for sweep in target.sweeps:
                 self._add(sweep)
@@ -92,7 +93,8 @@ class RunPool:
 
     def _release_finals(self) -> None:
         for tuned in list(self.waiting):
-            sweep = tuned.sweep()
+            sweep = current_sweep(tuned, self.layout)
+            self._add(sweep, front=True)  # a rate past an edge the finished sweep's best sat on
             if any(self.layout.run_dir(sweep, r) in self.pending for r in sweep.runs()):
                 continue
             lr = chosen_lr(tuned, self.layout)

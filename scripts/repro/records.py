@@ -17,7 +17,7 @@ from typing import Any
 from harness.records import RunRecord
 from scripts.repro.grids import Sweep, Target
 from scripts.repro.run import Layout
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import chosen_lr, current_sweep
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
 
@@ -82,7 +82,7 @@ def target_sweeps(target: Target, layout: Layout) -> list[Sweep]:
     its final seeds."""
     sweeps = list(target.sweeps)
     for tuned in target.tuned:
-        sweeps.append(tuned.sweep())
+        sweeps.append(current_sweep(tuned, layout))
         lr = chosen_lr(tuned, layout)
         if lr is not None:
             sweeps.append(tuned.final(lr))

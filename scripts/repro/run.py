@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.records import finished_run
 from scripts.repro.grids import Sweep, Target, run_dirname
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import chosen_lr, current_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,8 @@ def unfinished(sweeps: Sequence[Sweep], layout: Layout, force: bool = False) -> 
 def pending(target: Target, layout: Layout, force: bool = False) -> list[Sweep]:
     """The target's sweeps with at least one run not finished (all of them with ``force``);
     a tuned setting contributes its learning-rate sweep here (its final seeds come after)."""
-    return unfinished([*target.sweeps, *(t.sweep() for t in target.tuned)], layout, force)
+    sweeps = [*target.sweeps, *(current_sweep(t, layout) for t in target.tuned)]
+    return unfinished(sweeps, layout, force)
 
 
 def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]]:
@@ -199,7 +200,8 @@ def run_targets(
 
     ``jobs == 1``: one ``train.py -m`` multirun per sweep, one after another (``extra`` may
     name a Hydra launcher, e.g. Slurm); tuned settings first run their lr sweeps, then their
-    final seeds at the chosen rate. ``jobs > 1`` (or a ``time_limit``): every run is its own
+    final seeds at the chosen rate (after the rates a sweep adds past an edge its best sat on).
+    ``jobs > 1`` (or a ``time_limit``): every run is its own
     process (:class:`~scripts.repro.pool.RunPool`), up to ``jobs``
     at a time (e.g. several small runs on one GPU), final seeds queued as soon as their sweep
     has finished; each run's output goes to ``output.log`` in its directory. ``time_limit``
@@ -262,6 +264,9 @@ def run_targets(
 
     for target in available:
         launch_sweeps([*target.sweeps, *(t.sweep() for t in target.tuned)])
+    for target in available:  # rates past an edge, one round per extension allowed
+        for _ in range(max((t.extend for t in target.tuned), default=0)):
+            launch_sweeps([current_sweep(t, layout) for t in target.tuned])
     for target in available:
         finals, waiting = final_sweeps(target, layout)
         notes[target.name] += waiting

@@ -15,7 +15,7 @@ from typing import Any
 from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell, paper_numbers, paper_value, select
 from scripts.repro.run import Layout
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import at_edge, chosen_lr, swept_rates
 
 NAMES = {
     "sgd": "SGD",
@@ -141,20 +141,26 @@ def verdict(diff: tuple[float, float] | None) -> str:
 def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
     """Table 4 at a reduced scale: each setting at its own best lr (see ``Tuned``), the sweep
     beside it, and the differences the paper's claim is about."""
-    lrs = target.tuned[0].lrs
+    lrs = sorted({lr for tuned in target.tuned for lr in swept_rates(tuned, layout)})
     header = ["Method", *(f"lr {fmt(lr)} (seed 0)" for lr in lrs), "chosen lr"]
     header += ["test acc. (all seeds)", "− SGD", "paper (ResNet-110, CIFAR-10, 100 ep.)"]
     cells: dict[str, Cell] = {}
     rows = []
     for tuned in target.tuned:
         mine = tuned_runs(runs, tuned)
-        sweep = [cell(select(mine, optimizer__lr=lr, seed=tuned.seeds[0])).text() for lr in lrs]
+        swept = swept_rates(tuned, layout)
+        sweep = [
+            cell(select(mine, optimizer__lr=lr, seed=tuned.seeds[0])).text() if lr in swept else "—"
+            for lr in lrs
+        ]
         lr = chosen_lr(tuned, layout)
         final = cell(select(mine, optimizer__lr=lr)) if lr is not None else None
         label = setting_name(tuned.fixed)
         if final is not None:
             cells[label] = final
-        rows.append([label, *sweep, fmt(lr) if lr is not None else "sweep unfinished"])
+        chosen = "sweep unfinished" if lr is None else fmt(lr)
+        chosen += " (edge of sweep)" if at_edge(tuned, layout) else ""
+        rows.append([label, *sweep, chosen])
         rows[-1].append(final.text() if final else "not run")
         paper_col = str(tuned.fixed["optimizer"])
         paper = _paper(
@@ -168,7 +174,8 @@ def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
             verdict(difference(mine_cell, sgd)) if mine_cell and sgd and row[0] != "SGD" else "—"
         )
     findings = [
-        "Each method's lr is the one whose seed-0 run ended with the highest test accuracy; "
+        "Each method's lr is the one whose seed-0 run ended with the highest test accuracy "
+        "(a sweep whose best sat on an edge got one more rate past it; '—': not swept); "
         "the final column is the mean ± sample std over every seed at that lr (seed 0 included). "
         "Differences are ± one standard error; 'higher'/'lower' means beyond two standard errors.",
     ]

@@ -6,6 +6,9 @@ default (the lowest test loss for tasks without accuracy), the lowest for a loss
 language model's ``test_loss``; a diverged run ranks last; ties go to the smaller rate. Nothing
 is chosen until every sweep run has finished, so the final seeds never start from a partial
 sweep, and the renderers show the same choice the runner made.
+
+A setting with ``extend`` > 0 whose best rate sits on an edge of its finished sweep gets one
+more rate past that edge (:func:`swept_rates`), and the choice waits for that run too.
 """
 
 from __future__ import annotations
@@ -14,18 +17,40 @@ import math
 from typing import TYPE_CHECKING
 
 from harness.records import RunRecord, finished_run
-from scripts.repro.grids import Tuned
+from scripts.repro.grids import Sweep, Tuned
 
 if TYPE_CHECKING:  # run.py imports this module
     from scripts.repro.run import Layout
 
 
+def swept_rates(tuned: Tuned, layout: Layout) -> tuple[float, ...]:
+    """The rates of the setting's sweep so far, ascending: ``tuned.lrs``, plus one rate past an
+    edge for each time a finished sweep's best rate sat on that edge (at most ``tuned.extend``;
+    see :meth:`~scripts.repro.grids.Tuned.beyond`). A rate added last may not have run yet."""
+    rates = tuple(sorted(tuned.lrs))
+    while True:
+        scores = _scores(tuned, rates, layout)
+        best = _best(scores)
+        if best is None or (extra := tuned.beyond(rates, best)) is None:
+            return rates
+        rates = tuple(sorted((*rates, extra)))
+
+
+def current_sweep(tuned: Tuned, layout: Layout) -> Sweep:
+    """The setting's lr sweep over :func:`swept_rates`."""
+    return tuned.sweep(swept_rates(tuned, layout))
+
+
 def sweep_scores(tuned: Tuned, layout: Layout) -> dict[float, float | None]:
-    """Per swept rate: the :func:`score` of its finished run (higher is better; ``-inf`` if it
-    diverged), or None while the run has not finished."""
-    sweep = tuned.sweep()
+    """Per swept rate (:func:`swept_rates`): the :func:`score` of its finished run (higher is
+    better; ``-inf`` if it diverged), or None while the run has not finished."""
+    return _scores(tuned, swept_rates(tuned, layout), layout)
+
+
+def _scores(tuned: Tuned, rates: tuple[float, ...], layout: Layout) -> dict[float, float | None]:
+    sweep = tuned.sweep(rates)
     scores: dict[float, float | None] = {}
-    for lr, run in zip(tuned.lrs, sweep.runs(), strict=True):
+    for lr, run in zip(rates, sweep.runs(), strict=True):
         run_dir = layout.run_dir(sweep, run)
         done = finished_run(run_dir)
         if done is None:
@@ -48,13 +73,24 @@ def score(summary: dict[str, object], tuned: Tuned) -> float:
     return -math.inf
 
 
-def chosen_lr(tuned: Tuned, layout: Layout) -> float | None:
-    """The best rate of a finished sweep; None while any sweep run is unfinished, or when
-    every run diverged."""
-    scores = sweep_scores(tuned, layout)
-    if any(score is None for score in scores.values()):
+def _best(scores: dict[float, float | None]) -> float | None:
+    """The best rate of finished scores (ties: the smaller rate); None while a run is
+    unfinished or when every run diverged."""
+    if not scores or any(score is None for score in scores.values()):
         return None
-    best = max(scores.values(), key=lambda s: s if s is not None else -math.inf)
-    if best is None or best == -math.inf:
+    best = max(s for s in scores.values() if s is not None)
+    if best == -math.inf:
         return None
     return min(lr for lr, score in scores.items() if score == best)
+
+
+def chosen_lr(tuned: Tuned, layout: Layout) -> float | None:
+    """The best rate of a finished sweep (extensions included); None while any sweep run is
+    unfinished, or when every run diverged."""
+    return _best(sweep_scores(tuned, layout))
+
+
+def at_edge(tuned: Tuned, layout: Layout) -> bool:
+    """Whether the chosen rate is the largest or smallest rate swept (the best may lie beyond)."""
+    rates, lr = swept_rates(tuned, layout), chosen_lr(tuned, layout)
+    return lr is not None and len(rates) > 1 and lr in (rates[0], rates[-1])
