@@ -93,6 +93,12 @@ def _int_at_least(low: int) -> Any:
     return parse
 
 
+def _usage_error(message: str) -> None:
+    """Exit with status 2 and one line, as argparse does for a bad option."""
+    print(f"python -m scripts.bench: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def step_time_parser() -> argparse.ArgumentParser:
     """Options of the step-time benchmark (no sub-command)."""
     positive, nonnegative = _int_at_least(1), _int_at_least(0)
@@ -195,7 +201,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     """Fill the defaults that depend on ``--quick``, ``--experiment`` and the device.
 
     Raises:
-        SystemExit: inconsistent options, with one line.
+        SystemExit: inconsistent options (status 2, one line).
     """
     cuda, quick = device.type == "cuda", args.quick
 
@@ -203,9 +209,9 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
         return value if value is not None else (small if quick else normal)
 
     if bool(args.experiment) != bool(args.setting):
-        raise SystemExit("python -m scripts.bench: error: --experiment and --setting go together")
+        _usage_error("--experiment and --setting go together")
     if args.experiment and args.models:
-        raise SystemExit("python -m scripts.bench: error: give --models or --experiment, not both")
+        _usage_error("give --models or --experiment, not both")
     args.models = (
         [] if args.experiment else pick(args.models, DEFAULT_MODELS.split(","), ["resnet20"])
     )
@@ -223,7 +229,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     peak = pick(args.peak_memory, "none" if args.experiment else "auto", "none")
     args.peak_memory = ("cuda" if cuda else "rss") if peak == "auto" else peak
     if args.peak_memory == "cuda" and not cuda:
-        raise SystemExit("python -m scripts.bench: error: --peak-memory cuda needs a CUDA device")
+        _usage_error("--peak-memory cuda needs a CUDA device")
     if args.profile_models is None:
         args.profile_models = ["resnet110"] if "resnet110" in args.models else args.models[:1]
     else:
