@@ -1,1 +1,1 @@
-"""Scripts of the project, run as modules: ``python -m scripts.bench``, ``python -m scripts.reproduce``."""
+"""The project's scripts, run as modules (``python -m scripts.bench``) or through the Makefile."""
