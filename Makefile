@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-ttt lint clean distclean reproduce $(PAPER_TARGETS) lm
+.PHONY: setup demo test bench lint clean distclean reproduce $(PAPER_TARGETS) lm
 
 ## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
 ## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default: paper where nvidia-smi sees a GPU,
@@ -39,13 +39,10 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-## bench: step time, memory and communication vs SGD (CIFAR models, batch 128), into results/bench/
+## bench: step time, memory, communication and Eva's phase profile vs SGD (CIFAR models,
+## batch 128), into results/bench/ (time to target: make fig5)
 bench: $(STAMP)
-	PYTHONPATH=. $(PY) scripts/bench.py --models resnet110,vgg19 --out results/bench
-
-## bench-ttt: time to target (paper Fig. 5 style), MNIST autoencoder, 3 seeds, ~4 min on CPU
-bench-ttt: $(STAMP)
-	PYTHONPATH=. $(PY) scripts/bench.py time-to-target --out results/bench
+	PYTHONPATH=. $(PY) -m scripts.bench --models resnet110,vgg19 --out results/bench
 
 $(PAPER_TARGETS) lm: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/reproduce.py $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)

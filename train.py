@@ -26,9 +26,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -38,10 +36,12 @@ from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
+from harness.optimizers import build_optimizer
 from harness.pipeline import Data, build_data
 from harness.records import RunRecord, finished_run
 from harness.schedules import build_schedule
 from harness.wandb_logger import WandbLogger
+from models.autoencoder import reconstruction_loss
 from models.registry import build_model
 
 
@@ -70,8 +70,7 @@ class Run:
         language model, next-token cross-entropy averaged over every position of every sequence
         (nats per token)."""
         if self.data.task == "autoencode":
-            loss = F.binary_cross_entropy_with_logits(output, target, reduction="sum")
-            return loss / output.shape[0]
+            return reconstruction_loss(output, target)
         if self.data.task == "language":
             return F.cross_entropy(output.flatten(0, -2), target.flatten())
         return F.cross_entropy(output, target)
@@ -258,17 +257,7 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
     if workers.world_size > 1:
         device_ids = [workers.device.index] if workers.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
-    try:
-        optimizer = instantiate(cfg.optimizer.base, params=model.parameters())
-        preconditioner = None
-        if cfg.optimizer.get("preconditioner") is not None:
-            pre_cfg = cfg.optimizer.preconditioner
-            extra: dict[str, Any] = {}  # model.skip_layers, unless the optimizer sets its own
-            if cfg.model.get("skip_layers") is not None and "skip_layers" not in pre_cfg:
-                extra["skip_layers"] = list(cfg.model.skip_layers)
-            preconditioner = instantiate(pre_cfg, model=model, optimizer=optimizer, **extra)
-    except InstantiationException as err:  # a bad hyper-parameter: report the library's line
-        raise ConfigError(f"optimizer ({cfg.optimizer.name}): {err.__cause__ or err}") from err
+    optimizer, preconditioner = build_optimizer(cfg.optimizer, model, cfg.model.get("skip_layers"))
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ConfigError(

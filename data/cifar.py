@@ -21,7 +21,6 @@ normalisation and augmentation happen per batch in :class:`data.loader.TensorLoa
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from data.image_folder import LabeledImages, load_image_folder
+from data.unpickle import load_numpy_pickle
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -73,16 +73,6 @@ _FORMATS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The batches hold numpy arrays, lists, dicts and strings; nothing else may be constructed.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-}
 
 TARBALL_HINT = (
     "unpack the CIFAR-10 JPEG tarball with "
@@ -90,20 +80,11 @@ TARBALL_HINT = (
 )
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except the few numpy arrays need."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
-        return super().find_class(module, name)
-
-
 def _read_batch(path: Path) -> dict[str, Any]:
     """Read one pickled batch; keys come back as ``str`` whether stored as bytes or str."""
     with open(path, "rb") as stream:
         # latin1 keeps the raw bytes of arrays pickled by Python 2 (the official files) intact.
-        raw = _NumpyOnlyUnpickler(stream, encoding="latin1").load()
+        raw = load_numpy_pickle(stream, "a CIFAR batch")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
 
 

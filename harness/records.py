@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness.machine import cpu_model, machine_description
+
+# cpu_model is re-exported for callers that import it from here
+__all__ = ["RunRecord", "atomic_write_text", "cpu_model", "finished_run", "git_commit"]
 
 STATUSES = ("running", "completed", "failed")
 
@@ -65,18 +69,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty.strip() else "")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 class RunRecord:
     """Reads and writes ``record.json`` and ``metrics.jsonl`` in a run directory."""
 
@@ -99,15 +91,16 @@ class RunRecord:
             devices = list(self.data.get("devices") or ([earlier] if earlier else []))
         if not devices or devices[-1] != (device or "cpu"):
             devices.append(device or "cpu")
+        machine = machine_description()  # the host; ``device`` names the accelerator, if any
         self.data.update(
             config=config,
             command=command,
             git_commit=git_commit(),
             host={
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
-                "cpu": cpu_model(),
+                "python": machine["python"],
+                "machine": machine["machine"],
+                "cpus": machine["cpu_count"],
+                "cpu": machine["cpu"],
                 "device": device or "cpu",
             },
             devices=devices,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -13,8 +14,8 @@ class Autoencoder(nn.Module):
 
     With the default ``dims`` this is the 8-layer network 784-1000-500-250-30-250-500-1000-784.
     A ReLU follows every linear layer except the code layer (the 30 units) and the output layer.
-    The output is a vector of logits: train it with
-    ``F.binary_cross_entropy_with_logits(model(x), x)`` against the input pixels in ``[0, 1]``.
+    The output is a vector of logits: train it with :func:`reconstruction_loss` against the
+    input pixels in ``[0, 1]``.
 
     Args:
         dims: Widths of the encoder from the input down to the code, e.g. ``(784, 1000, 500,
@@ -64,3 +65,19 @@ class Autoencoder(nn.Module):
             Reconstruction logits of shape ``(N, dims[0])``.
         """
         return self.decoder(self.encode(x))
+
+
+def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's training loss: binary cross-entropy of the logits against the pixels,
+    summed over pixels and averaged over the images of the batch (nats per image).
+
+    Used by ``train.py``, the demo and the benchmark.
+
+    Args:
+        logits: Reconstruction logits of shape ``(N, D)``.
+        images: Target pixels in ``[0, 1]``, same shape.
+
+    Returns:
+        A scalar: the mean over images of the per-image loss.
+    """
+    return F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / images.shape[0]

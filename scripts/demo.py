@@ -33,11 +33,10 @@ if str(REPO_ROOT) not in sys.path:  # `python scripts/demo.py` puts scripts/ fir
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from data.mnist import load_mnist  # noqa: E402
 from harness.records import cpu_model  # noqa: E402
-from models.autoencoder import Autoencoder  # noqa: E402
+from models.autoencoder import Autoencoder, reconstruction_loss  # noqa: E402
 
 OPTIMIZERS = ("sgd", "eva", "kfac")
 """Names accepted by ``--optimizers``, in the order they are run and reported."""
@@ -122,19 +121,6 @@ def _optimizer_list(text: str) -> list[str]:
             f"choose from {','.join(OPTIMIZERS)} (comma-separated), got {text!r}"
         )
     return [name for name in OPTIMIZERS if name in names]  # fixed order, no duplicates
-
-
-def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy summed over pixels, averaged over the batch.
-
-    Args:
-        logits: Reconstruction logits of shape ``(N, 784)``.
-        images: Target pixels in ``[0, 1]``, same shape.
-
-    Returns:
-        A scalar: the mean over images of the per-image loss in nats.
-    """
-    return F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / images.shape[0]
 
 
 @torch.no_grad()

@@ -22,12 +22,11 @@ timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_cud
     >"$work/test_cuda.log" 2>&1
 echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
 
-tag=$(PYTHONPATH=.:scripts $py -c "import torch; from bench import device_tag; \
-print(device_tag(torch.device('cuda')))")
+tag=$(PYTHONPATH=. $py -c "from harness.machine import device_tag; print(device_tag('cuda'))")
 for model in resnet110 vgg19; do
     # phase profiles: Eva, Eva-f and Eva-s on ResNet-110, Eva on VGG-19
     profile=$([ "$model" = resnet110 ] && echo eva,eva_f,eva_s || echo eva)
-    timeout "$limit" $py scripts/bench.py --models "$model" --profile-optimizers "$profile" \
+    PYTHONPATH=. timeout "$limit" $py -m scripts.bench --models "$model" --profile-optimizers "$profile" \
         --out "$work" --name "steptime-$tag-$model" >"$work/bench-$model.log" 2>&1
     echo "bench $model exit $?"
     grep -A 16 "^| optimizer" "$work/steptime-$tag-$model.md" 2>/dev/null

@@ -153,13 +153,14 @@ def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]
 
 
 def bench_command(
-    job_name: str, args: Sequence[str], layout: Layout, script: str = "scripts/bench.py"
+    job_name: str, args: Sequence[str], layout: Layout, script: str = "scripts.bench"
 ) -> list[str]:
-    """A benchmark call: ``script`` (relative to the repository) with ``args``, ``--out`` and
-    ``--name``."""
+    """A benchmark call: ``script`` (a module run with ``-m``, or a ``.py`` file relative to the
+    repository) with ``args``, ``--out`` and ``--name``."""
+    run = [str(ROOT / script)] if script.endswith(".py") else ["-m", script]
     return [
         sys.executable,
-        str(ROOT / script),
+        *run,
         *args,
         "--out",
         str(layout.bench),

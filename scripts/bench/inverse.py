@@ -5,7 +5,7 @@ K-FAC's refresh inverts ``M + γI`` for every factor (``eva.kfac.damped_inverse`
 methods at the factor sizes of the CIFAR models (ResNet-110: 16–576, VGG-19: up to 4608), with
 their accuracy, so the library uses the fastest one that is accurate::
 
-    python scripts/bench_inverse.py [--device cuda] [--sizes 64,576,4608] [--out results/bench]
+    python -m scripts.bench inverse [--device cuda] [--sizes 64,576,4608] [--out results/bench]
 
 Writes ``inverse-<device>.md`` and prints it. Medians of ``--reps`` timed calls after a warm-up
 (CUDA: synchronised before and after each call).
@@ -14,17 +14,16 @@ Writes ``inverse-<device>.md`` and prints it. Medians of ``--reps`` timed calls 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import device_tag  # noqa: E402
+from harness.machine import device_name, device_tag
 
 Method = Callable[[Tensor, float], Tensor]
 
@@ -96,22 +95,36 @@ def time_call(fn: Callable[[], Tensor], device: torch.device, reps: int) -> floa
     return statistics.median(seconds) * 1e3
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _sizes(text: str) -> list[int]:
+    """``--sizes``: comma-separated matrix sizes, each an integer >= 1."""
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def main(argv: Sequence[str]) -> int:
+    """The ``inverse`` sub-command: time the candidates, write ``inverse-<device>.md``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench inverse", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", default="64,256,576,1024,2304,4608")
+    parser.add_argument("--sizes", type=_sizes, default=_sizes("64,256,576,1024,2304,4608"))
     parser.add_argument("--batch", type=int, default=8, help="also time a stack of this many")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--damping", type=float, default=0.03**0.5)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    sizes = args.sizes
+    name = device_name(device)
     lines = [
         f"# Factor inverses on {name} (torch {torch.__version__})",
         "",
-        f"Command: `python scripts/bench_inverse.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `{shlex.join(['python', '-m', 'scripts.bench', 'inverse', *argv])}`  ",
         f"Median ms per matrix of {args.reps} calls; float32 factors `RᵀR/2n` (R: 2n×n Gaussian)"
         f" + γI, γ = {args.damping:.4g}; error: ‖X − (M + γI)^p‖_F / ‖(M + γI)^p‖_F against "
         f"float64 eigh. 'stack': {args.batch} factors of that size in one batched call, per "
@@ -142,7 +155,4 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / f"inverse-{device_tag(device)}.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,19 +1,21 @@
-"""Render the benchmark's JSON records (``scripts/bench.py``) as markdown.
+"""The markdown of a step-time record (Table 5 / Table 10 style).
 
-``python scripts/bench_report.py results/bench/steptime-cpu.json`` rewrites the ``.md`` next to the
-JSON file (the benchmark does this itself; this is for re-rendering without re-running). Works for
-both record kinds: ``step-time`` (Table 5 / Table 10 style) and ``time-to-target`` (Fig. 5 style).
+``python -m scripts.bench report results/bench/steptime-cpu.json`` rewrites the ``.md`` next to
+the JSON file (the benchmark does this itself; this re-renders without re-running). Records
+written before the phase profile moved to ``torch.profiler`` ranges render as they were.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from harness.records import atomic_write_text
+from scripts.bench.step_time import paired_ratio
 
 PAPER_TIME_MEM: dict[str, dict[str, tuple[float, float]]] = {
     # model: {algorithm label: (time ×SGD, memory ×SGD)} from Table 5 (Shampoo, K-FAC, Eva; the
@@ -51,16 +53,6 @@ PAPER_TIME_MEM: dict[str, dict[str, tuple[float, float]]] = {
     },
 }  # fmt: skip
 """The paper's relative iteration time and memory (Tables 5 and 10), printed beside ours."""
-
-
-def paired_ratio(algo_ms: list[float], sgd_ms: list[float]) -> float | None:
-    """Median over rounds of (algorithm step / SGD step of the same round).
-
-    Steps of one round run back to back, so slow drifts of machine load cancel in each pair.
-    """
-    if not algo_ms or len(algo_ms) != len(sgd_ms):
-        return None
-    return statistics.median(a / s for a, s in zip(algo_ms, sgd_ms))
 
 
 def _ratio(value: float | None, digits: int = 2) -> str:
@@ -146,8 +138,9 @@ def _model_table(
     algos = entry["algorithms"]
     sgd = algos.get("sgd", {}).get("time_ms", {})
     shape = "×".join(str(s) for s in entry["input_shape"])
+    preset = f" (experiment={entry['experiment']})" if entry.get("experiment") else ""
     head = (
-        f"## {model} — batch {entry['batch']}, input {shape}, "
+        f"## {model}{preset} — batch {entry['batch']}, input {shape}, "
         f"{entry['params'] / 1e6:.2f} M parameters"
     )
     lines = [head, ""]
@@ -185,18 +178,18 @@ def _model_table(
             lines.append(f"| {label} | failed: {algo['error']} |" + " |" * (len(header) - 2))
             continue
         t = algo["time_ms"]
-        state = algo["state_bytes"]
+        state = algo.get("state_bytes") or {}
         paired = algo.get("time_ratio_paired")
         if paired is None and sgd:
             paired = paired_ratio(t["all"], sgd["all"])
         row = [
             f"**{label}**" if label.startswith("eva") else label,
-            _ratio(algo["time_ratio_median"]),
-            _ratio(algo["time_ratio_mean"]),
+            _ratio(algo.get("time_ratio_median")),
+            _ratio(algo.get("time_ratio_mean")),
             _ratio(paired),
             f"{t['median']:.1f}",
-            _ratio(algo["state_ratio"]),
-            _mib(state["total"]),
+            _ratio(algo.get("state_ratio")),
+            _mib(state.get("total")),
         ]
         if peak_col:
             peak = algo.get("peak_memory") or {}
@@ -204,121 +197,106 @@ def _model_table(
                 row += ["failed", "—"]
             else:
                 row += [_ratio(peak.get("ratio")), _mib(peak.get("bytes"))]
-        comm = algo["comm"]
-        row += [f"{comm['ratio']:.2e}" if comm["ratio"] else "0", *_paper(model, label)]
+        comm = algo.get("comm")
+        ratio = "—" if comm is None else f"{comm['ratio']:.2e}" if comm["ratio"] else "0"
+        row += [ratio, *_paper(model, label)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     notes = [f"- {label}: {algo['note']}" for label, algo in algos.items() if algo.get("note")]
     notes += [f"- {label}: skipped — {why}" for label, why in entry.get("skipped", {}).items()]
+    notes += [f"- {label}: failed — {why}" for label, why in entry.get("failed", {}).items()]
     if notes:
         lines += ["Notes:", *notes, ""]
     return lines
 
 
 def render_profile(model: str, label: str, prof: dict[str, Any], cuda: bool = False) -> list[str]:
-    """Markdown for one phase profile (``label`` against SGD on ``model``)."""
+    """Markdown for one phase profile (``label`` against SGD on ``model``).
+
+    The first row of ``prof["phases"]`` is the whole step; a record from ``torch.profiler``
+    ranges (``bench.step``) may add device times (CUDA).
+    """
     sgd, algo = prof["sgd_ms"], prof["algo_ms"]
+    total = prof["phases"][0][0]
+    profiler = total == "bench.step"
+    columns = [("sgd ms", sgd), (f"{label} ms", algo)]
+    if prof.get("algo_device_ms") is not None:
+        columns += [
+            ("sgd GPU ms", prof["sgd_device_ms"]),
+            (f"{label} GPU ms", prof["algo_device_ms"]),
+        ]
+    how = "ms per step and phase from torch.profiler ranges" if profiler else "median ms per step"
     lines = [
         f"## Where {label}'s time goes — {model}, batch {prof['batch']} "
-        f"({prof['steps']} steps, median ms per step and phase)",
+        f"({prof['steps']} steps, {how})",
         "",
-        f"| phase | sgd ms | {label} ms | Δ ms | share of {label}'s overhead |",
-        "|---|---:|---:|---:|---:|",
+        "| phase | " + " | ".join(name for name, _ in columns) + f" | Δ ms | share of {label}'s "
+        "overhead |",
+        "|---|" + "---:|" * (len(columns) + 2),
     ]
-    overhead = algo["total"] - sgd["total"]
+    overhead = algo[total] - sgd[total]
 
-    def share(delta: float) -> str:
-        return f"{100 * delta / overhead:.0f}%" if overhead > 0 else "—"
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
 
     for phase, indent in prof["phases"]:
         s, a = sgd.get(phase), algo.get(phase)
+        if s is None and a is None:
+            continue
         delta = None if a is None else a - (s or 0.0)
+        share = "—"
+        if delta is not None and phase != total and overhead > 0:
+            share = f"{100 * delta / overhead:.0f}%"
         name = ("&nbsp;&nbsp;&nbsp;&nbsp;" * indent) + phase
-        lines.append(
-            f"| {name} | {'—' if s is None else f'{s:.2f}'} | {'—' if a is None else f'{a:.2f}'}"
-            f" | {'—' if delta is None else f'{delta:+.2f}'} | "
-            f"{'—' if delta is None or phase == 'total' else share(delta)} |"
-        )
+        cells = [cell(times.get(phase)) for _, times in columns]
+        delta_text = "—" if delta is None else f"{delta:+.2f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta_text} | {share} |")
     lines += [
         "",
-        f"Overhead over SGD: {overhead:+.2f} ms per step ({100 * overhead / sgd['total']:+.1f}%). "
-        "Indented rows are parts of the row above; per-phase medians need not add up exactly. "
-        "The timers themselves cost a little (they are off in the step-time table).",
+        f"Overhead over SGD: {overhead:+.2f} ms per step ({100 * overhead / sgd[total]:+.1f}%). "
+        "Indented rows are parts of the row above.",
         "",
     ]
-    if cuda:
+    if profiler:
+        lines += [
+            "Times are the profiler's totals of each range divided by the steps (CPU time: the "
+            "host's time inside the range; on CUDA, GPU ms is the device time of the range's "
+            "kernels). The profiler itself costs a little: these totals exceed the step times "
+            "of the table above.",
+            "",
+        ]
+    elif cuda:
         lines += [
             "On CUDA every timer synchronises the device, so the CPU no longer runs ahead of the "
             "GPU: each phase shows its launch work plus its own kernels, serialised, and the "
-            "total exceeds the unprofiled step time of the table above. The torch.profiler "
-            "table gives each kernel's GPU time.",
+            "total exceeds the unprofiled step time of the table above.",
             "",
         ]
     if prof.get("torch_profile"):
-        lines += [f"torch.profiler table of two {label} steps: `{prof['torch_profile']}`", ""]
+        lines += [f"torch.profiler table of {label}'s steps: `{prof['torch_profile']}`", ""]
     return lines
 
 
-def render_time_to_target(record: dict[str, Any]) -> str:
-    """Markdown for a ``time-to-target`` record (paper Fig. 5 style)."""
-    machine, config = record["machine"], record["config"]
-    lines = [
-        f"# Time to target — {record['task']['description']}",
-        "",
-        f"Command: `{record['command']}`  ",
-        f"Date: {record['date']}  ",
-        f"Device: {machine['device_name']} ({machine['device']}); CPU {machine['cpu']}, "
-        f"{machine['cpu_count']} cores, torch {machine['torch']} with {machine['torch_threads']} "
-        "threads",
-        "",
-        f"Target: training loss ≤ **{record['target']:.4f}** — the median over "
-        f"{len(config['seeds'])} seeds of the loss SGD reaches after {config['target_epochs']} "
-        f"epochs ({record['task']['loss']}, evaluated on {config['eval_size']} fixed training "
-        f"examples every {config['eval_every']} steps; evaluation time is not counted). Every "
-        f"optimizer trains for at most {config['max_epochs']} epochs "
-        f"({record['max_steps']} steps) at a constant learning rate, from the same initial "
-        "weights and data order per seed. Steps and seconds are medians over seeds (a seed that "
-        "never reaches the target counts as infinite). Runs are timed one after another, not "
-        "interleaved: compare seconds within one record only, and expect a few percent of drift.",
-        "",
-        "| optimizer | lr | steps to target | seconds to target | time ×SGD | reached | "
-        "ms/step | loss at stop |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for label, res in record["results"].items():
-        steps, secs = res["median_steps"], res["median_seconds"]
-        lines.append(
-            f"| {label} | {res['lr']:g} | {'not reached' if steps is None else steps} | "
-            f"{'—' if secs is None else f'{secs:.1f}'} | {_ratio(res.get('seconds_ratio'))} | "
-            f"{res['reached']}/{len(res['seeds'])} | {res['ms_per_step']:.1f} | "
-            f"{res['median_final_loss']:.4f} |"
-        )
-    lines.append("")
-    if record.get("notes"):
-        lines += ["Notes:", *[f"- {n}" for n in record["notes"]], ""]
-    return "\n".join(lines)
-
-
 def render(record: dict[str, Any]) -> str:
-    """Markdown for either record kind."""
-    if record["kind"] == "step-time":
-        return render_step_time(record)
-    if record["kind"] == "time-to-target":
-        return render_time_to_target(record)
-    raise ValueError(f"unknown record kind {record['kind']!r}")
+    """Markdown for a ``step-time`` record.
+
+    Raises:
+        ValueError: a record of another kind.
+    """
+    if record.get("kind") != "step-time":
+        raise ValueError(f"not a step-time record (kind {record.get('kind')!r})")
+    return render_step_time(record)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Re-render the markdown of each JSON record given on the command line."""
-    parser = argparse.ArgumentParser(description="Render benchmark JSON records as markdown.")
-    parser.add_argument("records", nargs="+", type=Path, help="JSON files from scripts/bench.py")
-    args = parser.parse_args(argv)
-    for path in args.records:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        out = path.with_suffix(".md")
-        out.write_text(render(record), encoding="utf-8")
-        print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+def rerender(paths: Sequence[Path]) -> int:
+    """Rewrite the ``.md`` beside each JSON record; returns the exit status (2: a bad record)."""
+    for path in paths:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            text = render(record)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"python -m scripts.bench report: error: {path}: {err}", file=sys.stderr)
+            return 2
+        atomic_write_text(path.with_suffix(".md"), text)
+        print(f"wrote {path.with_suffix('.md')}")
+    return 0

@@ -1,0 +1,1 @@
+"""The project's scripts, run as modules (``python -m scripts.bench``) or through the Makefile."""

@@ -1,0 +1,57 @@
+"""The markdown of step-time records, the committed ones included (records are data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.bench.report import render
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = sorted((ROOT / "results" / "bench").glob("steptime-*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_committed_records_still_render(path: Path) -> None:
+    record = json.loads(path.read_text())
+    if record.get("kind") != "step-time":  # e.g. the language model's, read by lm_report only
+        with pytest.raises(ValueError, match="not a step-time record"):
+            render(record)
+        return
+    md = render(record)
+    assert md.startswith("# Step time, memory and communication relative to SGD")
+    for model, entry in record["models"].items():
+        assert f"## {model}" in md
+        for label in entry["algorithms"]:
+            assert f"| {label} |" in md or f"| **{label}** |" in md or "failed" in md
+
+
+def test_old_profile_records_keep_their_phases() -> None:
+    """A record from the earlier per-phase timers (rows ``total``, ``forward hooks``...)."""
+    record = json.loads((ROOT / "results" / "bench" / "steptime-cpu.json").read_text())
+    profiles = [p for e in record["models"].values() for p in e.get("profile", {}).values()]
+    if not profiles:
+        pytest.skip("steptime-cpu.json has no phase profile")
+    md = render(record)
+    assert "forward hooks" in md and "median ms per step" in md
+
+
+def test_report_subcommand_rewrites_the_markdown(tmp_path: Path) -> None:
+    source = ROOT / "results" / "bench" / "steptime-cpu-resnet20.json"
+    shutil.copy(source, tmp_path / source.name)
+    (tmp_path / "bad.json").write_text('{"kind": "time-to-target"}')
+    command = [sys.executable, "-m", "scripts.bench", "report"]
+    proc = subprocess.run([*command, str(tmp_path / source.name)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / source.with_suffix(".md").name).read_text() == render(
+        json.loads(source.read_text())
+    )
+    bad = subprocess.run([*command, str(tmp_path / "bad.json")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "not a step-time record" in bad.stderr
