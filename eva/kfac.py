@@ -26,7 +26,7 @@ def damped_inverse(factor: Tensor, damping: Tensor | float) -> Tensor:
 STACKED_INVERSE_MAX = {"cuda": 1024, "cpu": 256}
 """Per device type, the largest factor size that :func:`damped_inverses` inverts in stacks of
 equal sizes (one batched Cholesky), where that measured faster per matrix
-(``scripts/bench_inverse.py``, ``results/bench/inverse-*.md``): on an H200 2–3× at sizes
+(``python -m scripts.bench inverse``, ``results/bench/inverse-*.md``): on an H200 2–3× at sizes
 64–256 and 1.2× at 1024, slower from 2304 on; on this project's 2-core CPU 2.8× at 64, 1.4× at
 144, 1.1× at 256, slower from 288 on. Other devices: the CPU's."""
 

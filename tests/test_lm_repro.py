@@ -43,7 +43,7 @@ def test_lm_grid_per_scale():
         assert all(t.metric == "test_loss" and t.minimise and t.seeds == (0, 1) for t in tgt.tuned)
         assert {t.experiment for t in tgt.tuned} == {"smoke_lm" if scale == "smoke" else "lm"}
         (job,) = tgt.bench
-        assert job.script == "scripts/lm_steptime.py" and job.name == f"steptime-{scale}-lm"
+        assert job.script == "scripts.bench" and job.name == f"steptime-{scale}-lm"
         assert [a for a in job.args if "=" in a] == list(LABELS)
     cpu = target("lm", "cpu")
     assert [t.lrs for t in cpu.tuned] == [
@@ -77,7 +77,7 @@ def test_lm_runs_compose(compose):
 def test_cpu_dry_run_prints_the_sweeps_and_the_benchmark(tmp_path, capsys):
     repro_run.run_targets([target("lm", "cpu")], Layout(tmp_path, "cpu"), dry_run=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(lines) == 8 and "scripts/lm_steptime.py --experiment lm --steps 30" in lines[-1]
+    assert len(lines) == 8 and "-m scripts.bench --experiment lm --steps 30" in lines[-1]
     assert "experiment=lm optimizer=adamw seed=0 optimizer.lr=0.001,0.002,0.004" in lines[0]
     assert not (tmp_path / "runs").exists()
 

@@ -6,8 +6,8 @@ A :class:`Target` (``table4`` ... ``fig8``) lists
   are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
 - :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
   best rate (Table 4 and Fig. 5 at the reduced scales, and ``lm``: each method at its own best lr);
-- :class:`BenchJob` objects: one ``scripts/bench.py`` call each (Tables 5, 8, 10), or another
-  benchmark script (``lm``: ``scripts/lm_steptime.py``);
+- :class:`BenchJob` objects: one ``python -m scripts.bench`` call each (Tables 5, 8, 10; ``lm``
+  times the experiment's own settings with ``--experiment``/``--setting``);
 - ``not_run``: the rows or panels that this scale cannot produce, each with the reason.
 
 Scales (``SCALES``):
@@ -136,12 +136,12 @@ class Tuned:
 
 @dataclass(frozen=True)
 class BenchJob:
-    """One benchmark call (``script``, default ``scripts/bench.py``, with ``args`` and then
+    """One benchmark call (``script``, default the module ``scripts.bench``, with ``args`` and then
     ``--out <bench folder> --name <name>``); ``name`` is its output stem under ``<out>/bench/``."""
 
     name: str
     args: tuple[str, ...]
-    script: str = "scripts/bench.py"
+    script: str = "scripts.bench"
 
 
 @dataclass(frozen=True)
@@ -806,7 +806,6 @@ def lm(scale: str) -> Target:
     bench = BenchJob(
         f"steptime-{scale}-lm",
         ("--experiment", exp, *steps, *(a for label in labels for a in ("--setting", label))),
-        script="scripts/lm_steptime.py",
     )
     what = {
         "paper": "the paper has no language-model experiment: SCALE=paper runs the cpu grid "

@@ -3,9 +3,10 @@
 Every setting is shown at its chosen learning rate (the lowest final validation loss of its
 seed-0 sweep, :func:`scripts.repro.tuning.chosen_lr`), as the mean over its seeds. Seconds are
 *steps × the setting's mean step time measured alone* (``<bench>/<steptime>.json``, written by
-``scripts/lm_steptime.py``: all settings in one process, in turn, on the same batches), not the
-runs' own clocks: runs may have shared a machine (``reproduce.py --jobs``). The mean, not the
-median, so that K-FAC's and Shampoo's refreshes every 10 steps are charged to them.
+``python -m scripts.bench --experiment lm``: all settings in one process, in turn, on the same
+batches), not the runs' own clocks: runs may have shared a machine (``reproduce.py --jobs``).
+The mean, not the median, so that K-FAC's and Shampoo's refreshes every 10 steps are charged to
+them.
 
 Time to target: the target is the highest of the settings' final mean validation losses (every
 setting reaches it by its end, the weakest only there); a setting's time is the first evaluated
