@@ -108,3 +108,18 @@ class Options:
 
 OPTION_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Options))
 """The keyword arguments every preconditioner accepts."""
+
+
+class OptionAttribute:
+    """A read-only attribute of a preconditioner that reads the option of the same name from its
+    ``options`` (``pre.damping`` is ``pre.options.damping``); setting it raises, since the
+    options are fixed at construction."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.options, self.name)
+
+    def __set__(self, obj: Any, value: object) -> None:
+        raise AttributeError(f"{self.name} is fixed at construction (an option)")

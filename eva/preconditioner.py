@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from eva.capture import StatisticsCapture
 from eva.comm import Reducer, default_reducer
 from eva.layers import Layer, find_layers
-from eva.options import Options
+from eva.options import OptionAttribute, Options
 from eva.profiling import (
     GATHER_GRADIENTS,
     GRADIENT_STATISTICS,
@@ -42,19 +42,6 @@ from eva.profiling import (
 )
 from eva.scaling import Scaling, apply_scaling
 from eva.statistics import ConvFactors
-
-
-class _Option:
-    """A read-only attribute of the preconditioner that reads its :class:`Options`."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Preconditioner | None, owner: type | None = None) -> Any:
-        return self if obj is None else getattr(obj.options, self.name)
-
-    def __set__(self, obj: Preconditioner, value: object) -> None:
-        raise AttributeError(f"{self.name} is fixed at construction (see Preconditioner.options)")
 
 
 class Preconditioner:
@@ -130,14 +117,14 @@ class Preconditioner:
     (Eva, Eq. 13: ``P = G/γ``); :mod:`eva.capture` then skips reading ā where a BatchNorm makes
     b̄ zero by construction (not with ``stat_batch``)."""
 
-    damping: float = _Option()  # type: ignore[assignment]
-    running_avg: float | None = _Option()  # type: ignore[assignment]
-    kl_clip: float | None = _Option()  # type: ignore[assignment]
-    scaling: Scaling = _Option()  # type: ignore[assignment]
-    update_interval: int = _Option()  # type: ignore[assignment]
-    stat_batch: int | None = _Option()  # type: ignore[assignment]
-    conv_factors: ConvFactors = _Option()  # type: ignore[assignment]
-    overlap_comm: bool = _Option()  # type: ignore[assignment]
+    damping: float = OptionAttribute()  # type: ignore[assignment]
+    running_avg: float | None = OptionAttribute()  # type: ignore[assignment]
+    kl_clip: float | None = OptionAttribute()  # type: ignore[assignment]
+    scaling: Scaling = OptionAttribute()  # type: ignore[assignment]
+    update_interval: int = OptionAttribute()  # type: ignore[assignment]
+    stat_batch: int | None = OptionAttribute()  # type: ignore[assignment]
+    conv_factors: ConvFactors = OptionAttribute()  # type: ignore[assignment]
+    overlap_comm: bool = OptionAttribute()  # type: ignore[assignment]
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         opts = self.defaults.override(options, type(self).__name__)
