@@ -829,3 +829,12 @@ def test_loss_scale_is_divided_out_of_statistics(name):
         results.append([p.detach().clone() for p in model.parameters()])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_statistics_are_declared_where_defined(name):
+    """``uses_gradient_statistics`` is explicit (the step reads the flag, not the class body):
+    every registered class that defines ``gradient_statistics`` declares it, and no other."""
+    cls = eva.PRECONDITIONERS[name]
+    defines = cls.gradient_statistics is not eva.Preconditioner.gradient_statistics
+    assert cls.uses_gradient_statistics == defines
