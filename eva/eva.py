@@ -6,11 +6,10 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.preconditioner import Preconditioner
-from eva.rank_one import row_dot
+from eva.rank_one import RankOnePreconditioner, row_dot
 
 
-class Eva(Preconditioner):
+class Eva(RankOnePreconditioner):
     """Eva (Eq. 13) with KL clipping (Eq. 16).
 
     The curvature of layer ``l`` is the rank-one ``C = (b̄ ⊗ ā)(b̄ ⊗ ā)ᵀ`` built from the running

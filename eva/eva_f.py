@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner
-from eva.rank_one import row_dot
+from eva.options import Options
+from eva.rank_one import RankOnePreconditioner, row_dot
 
 
-class EvaF(Preconditioner):
+class EvaF(RankOnePreconditioner):
     """Eva-f (Eq. 21) with KL normalization (§4.1).
 
     Eq. 21 with ``C = I ⊗ ā āᵀ``::
@@ -31,7 +30,7 @@ class EvaF(Preconditioner):
             to ``"kl_norm"``.
     """
 
-    defaults: ClassVar[Options] = {"scaling": "kl_norm"}
+    defaults: ClassVar[Options] = Options(scaling="kl_norm")
     statistics_needed = ("a_mean",)
     rank_one_batched = True
 
@@ -41,7 +40,7 @@ class EvaF(Preconditioner):
         optimizer: torch.optim.Optimizer,
         *,
         divide_by_damping: bool = False,
-        **options: Unpack[Options],
+        **options: Any,
     ) -> None:
         super().__init__(model, optimizer, **options)
         self.divide_by_damping = divide_by_damping

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner
+from eva.options import Options
+from eva.rank_one import RankOnePreconditioner
 
 
 def _each_mode_mean(t: Tensor) -> list[Tensor]:
@@ -69,7 +70,7 @@ def norm_ratio(norms: Tensor, damping: float) -> Tensor:
     return torch.sigmoid(2 * norms.log().sum() - math.log(damping))
 
 
-class EvaS(Preconditioner):
+class EvaS(RankOnePreconditioner):
     """Eva-s (Eq. 23) with grafting to the gradient norm (§4.2).
 
     Acts on each layer's weight gradient as a tensor of its own shape (a convolution's as 4-D);
@@ -89,9 +90,10 @@ class EvaS(Preconditioner):
     ``running_avg=None`` (running sums) and ``scaling="graft"``.
     """
 
-    defaults: ClassVar[Options] = {"running_avg": None, "scaling": "graft"}
+    defaults: ClassVar[Options] = Options(running_avg=None, scaling="graft")
     include_bias = False
     allow_running_sum = True
+    uses_gradient_statistics = True
 
     def gradient_statistics(self, layer: Layer, grad: Tensor) -> dict[str, Tensor]:
         """The mode means ``v_i`` of Eq. 22, on refresh steps."""

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
 from eva.kfac import damped_inverses
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner
+from eva.options import Options
+from eva.preconditioner import Preconditioner
 
 
 class FOOF(Preconditioner):
@@ -30,7 +30,7 @@ class FOOF(Preconditioner):
             for :class:`~eva.kfac.KFAC`.
     """
 
-    defaults: ClassVar[Options] = {"running_avg": 1.0, "update_interval": 50}
+    defaults: ClassVar[Options] = Options(running_avg=1.0, update_interval=50)
     statistics_needed = ("a_factor",)
 
     def __init__(
@@ -39,7 +39,7 @@ class FOOF(Preconditioner):
         optimizer: torch.optim.Optimizer,
         *,
         rank: int | None = None,
-        **options: Unpack[Options],
+        **options: Any,
     ) -> None:
         if rank is not None and rank != 1:
             raise ValueError(f"rank must be None (full inverse) or 1 (Eq. 26), got {rank!r}")

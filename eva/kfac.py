@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner
+from eva.options import Options
+from eva.preconditioner import Preconditioner
 
 
 def damped_inverse(factor: Tensor, damping: Tensor | float) -> Tensor:
@@ -90,7 +90,7 @@ class KFAC(Preconditioner):
             Martens, 2016).
     """
 
-    defaults: ClassVar[Options] = {"update_interval": 10}
+    defaults: ClassVar[Options] = Options(update_interval=10)
     statistics_needed = ("a_factor", "g_factor")
 
     def __init__(
@@ -99,7 +99,7 @@ class KFAC(Preconditioner):
         optimizer: torch.optim.Optimizer,
         *,
         use_damping_split: bool = True,
-        **options: Unpack[Options],
+        **options: Any,
     ) -> None:
         super().__init__(model, optimizer, **options)
         self.use_damping_split = use_damping_split

@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner, check_int
+from eva.options import Options, check_int
+from eva.preconditioner import Preconditioner
 
 
 class MFAC(Preconditioner):
@@ -60,7 +60,8 @@ class MFAC(Preconditioner):
         ValueError: ``num_grads`` not an integer ≥ 1, or a hyper-parameter of the base class.
     """
 
-    defaults: ClassVar[Options] = {"damping": 1e-5, "scaling": None}
+    defaults: ClassVar[Options] = Options(damping=1e-5, scaling=None)
+    uses_gradient_statistics = True
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class MFAC(Preconditioner):
         optimizer: torch.optim.Optimizer,
         *,
         num_grads: int = 1024,
-        **options: Unpack[Options],
+        **options: Any,
     ) -> None:
         check_int("num_grads", num_grads)
         super().__init__(model, optimizer, **options)
@@ -81,11 +82,15 @@ class MFAC(Preconditioner):
         """The gradient itself, on refresh steps."""
         return {"grad": grad} if self.refresh_step else {}
 
-    def update_state(
-        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    def update_states(
+        self, updates: list[tuple[Layer, dict[str, Tensor], dict[str, Tensor]]]
     ) -> None:
+        """Add each layer's gradient to its window (no running average)."""
+        for layer, state, current in updates:
+            self._add_gradient(layer, state, current["grad"])
+
+    def _add_gradient(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> None:
         """Put the gradient into the oldest row, update ``G Gᵀ`` in ``O(md)`` and refactorize."""
-        grad = current["grad"]
         g = grad.flatten()
         m = self.num_grads
         if "grads" not in state:

@@ -30,16 +30,14 @@ kernels it launches, not by this arithmetic).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from eva.layers import Layer
+from eva.preconditioner import Preconditioner
 from eva.scaling import graft_factor, kl_clip_factor, kl_norm_factor
-
-if TYPE_CHECKING:
-    from eva.preconditioner import Preconditioner
 
 
 def weight_matrix(layer: Layer) -> Tensor | None:
@@ -62,7 +60,7 @@ def grad_times(weight: Tensor, bias: Tensor | None, v: Tensor, out: Tensor | Non
 def row_dot(x: Tensor, y: Tensor) -> Tensor:
     """``xᵀy`` with a trailing size-1 dimension, for vectors or row by row for stacks of them: the
     same equation code serves one layer (1-D) and all layers at once (zero-padded rows, see
-    :attr:`~eva.preconditioner.Preconditioner.rank_one_batched`)."""
+    :attr:`RankOnePreconditioner.rank_one_batched`)."""
     return (x * y).sum(-1, keepdim=True)
 
 
@@ -110,7 +108,7 @@ def _write_fused(
             b.mul_(f * scale).addcmul_(u, v[-1:], value=f)
 
 
-class _Rows:
+class RowStack:
     """A zero matrix whose row ``i`` starts with layer ``i``'s vector: per-layer vectors of
     different lengths as one ``(L, max length)`` tensor. The padding is never written, so it
     stays zero; the matrix and its row views are kept from step to step."""
@@ -120,121 +118,169 @@ class _Rows:
         self.rows = [row[:n] for row, n in zip(self.matrix, lengths, strict=True)]
 
 
-def _rows(pre: Preconditioner, tag: str, lengths: list[int], like: Tensor) -> _Rows:
-    """The cached :class:`_Rows` for ``tag`` (a state key, or ``G v``) and these lengths."""
-    key = (tag, tuple(lengths), like.dtype, like.device)
-    rows = pre._rank_one_rows.get(key)
-    if rows is None:
-        if len(pre._rank_one_rows) >= 32:  # the set of layers keeps changing: keep the latest
-            pre._rank_one_rows.clear()
-        rows = pre._rank_one_rows[key] = _Rows(lengths, like)
-    return rows
+class RankOnePreconditioner(Preconditioner):
+    """A preconditioner whose equation is ``P = s·G + u vᵀ`` (Eva, Eva-f, Eva-s), stepped in
+    place (see the module docstring).
 
-
-def _stacked(
-    pre: Preconditioner, states: list[dict[str, Tensor]], weights: list[Tensor]
-) -> tuple[dict[str, Tensor], Tensor] | None:
-    """Every state key as an ``(L, m)`` zero-padded stack (one ``_foreach_copy_`` per key), and
-    the zero ``(L, max d_out)`` matrix that ``G v`` is written into; None when the states are not
-    all vectors with the same keys, or the layers do not share one dtype and device."""
-    keys = states[0].keys()
-    like = weights[0]
-    if any(w.dtype != like.dtype or w.device != like.device for w in weights) or any(
-        s.keys() != keys
-        or any(t.dim() != 1 or t.dtype != like.dtype or t.device != like.device for t in s.values())
-        for s in states
-    ):
-        return None
-    stacked = {}
-    for key in keys:
-        vectors = [s[key] for s in states]
-        rows = _rows(pre, key, [t.numel() for t in vectors], like)
-        torch._foreach_copy_(rows.rows, vectors)
-        stacked[key] = rows.matrix
-    gv = _rows(pre, "G v", [w.shape[0] for w in weights], like).matrix
-    return stacked, gv
-
-
-def rank_one_step(pre: Preconditioner, layers: list[Layer], weights: list[Tensor]) -> None:
-    """Precondition, scale and write back every layer of ``layers`` (all ready, with weight
-    gradients viewed as matrices in ``weights``) in place.
-
-    With :attr:`~eva.preconditioner.Preconditioner.rank_one_batched`, ``v``, ``u`` and every
-    per-layer scalar are computed for all layers at once on zero-padded stacks: a fixed number of
-    kernels whatever the number of layers, plus one ``G v`` product per layer (on a GPU the step
-    is bound by kernel launches, not arithmetic). Otherwise layer by layer.
+    A subclass gives its equation twice: :meth:`precondition` (the reference, also used for
+    gradients whose layout allows no matrix view, e.g. channels-last) and the rank-one form
+    (:attr:`rank_one_scale`, :meth:`rank_one_vector`, :meth:`rank_one_correction`); the tests
+    compare the two. A subclass that changes :meth:`precondition` without changing the rank-one
+    form must set :attr:`in_place_rank_one` to ``False``.
     """
-    scale = pre.rank_one_scale
-    states = [pre.state[layer.name] for layer in layers]
-    biases = [
-        layer.module.bias.grad if pre.include_bias and layer.has_bias else None  # type: ignore[union-attr]
-        for layer in layers
-    ]
-    with_bias = [i for i, b in enumerate(biases) if b is not None]
-    grads: list[Tensor] = [*weights, *(biases[i] for i in with_bias)]  # type: ignore[misc]
-    d_in = [w.shape[1] + (b is not None) for w, b in zip(weights, biases, strict=True)]
-    batched = pre._rank_one_batched() and _stacked(pre, states, weights)
-    if batched:
-        stacked, gv_matrix = batched
-        v_matrix = pre.rank_one_vector(stacked)
-        vs = [row[:n] for row, n in zip(v_matrix, d_in, strict=True)]
-        gvs = [row[: w.shape[0]] for row, w in zip(gv_matrix, weights, strict=True)]
-        for w, b, v, out in zip(weights, biases, vs, gvs, strict=True):
-            grad_times(w, b, v, out=out)
-        u_matrix = pre.rank_one_correction(stacked, gv_matrix)
-    else:
-        vs = [pre.rank_one_vector(state) for state in states]
-        gvs = [grad_times(w, b, v) for w, b, v in zip(weights, biases, vs, strict=True)]
-        us = [pre.rank_one_correction(state, gv) for state, gv in zip(states, gvs, strict=True)]
 
-    factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
-    if pre.scaling is not None and not (pre.scaling == "kl_clip" and pre.kl_clip is None):
-        none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
-        g_sq = squared_norms(weights) + squared_norms(
-            [none if b is None else b for b in biases]
-        )  # ‖G_l‖²
+    in_place_rank_one: ClassVar[bool] = True
+    """``True``: steps run in place through the rank-one form (:meth:`step_in_place`);
+    ``False``: through :meth:`precondition`, scaling and write-back, as any preconditioner."""
+    rank_one_batched: ClassVar[bool] = False
+    """``True``: :meth:`rank_one_vector` and :meth:`rank_one_correction` also take every layer at
+    once, each state entry (and ``G v``) an ``(L, m)`` stack of zero-padded rows, and give stacks
+    with zero padding (:func:`row_dot` for the dot products). ``False``: layer by layer. A
+    subclass whose rank-one form takes single layers only must set it ``False``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        self.stacks: dict[tuple, RowStack] = {}
+        """The zero-padded stacks of the batched form by (tag, lengths, dtype, device), kept
+        between steps (a tag is a state key or ``"G v"``)."""
+
+    @property
+    def rank_one_scale(self) -> float:
+        """``s`` of ``P = s·G + u vᵀ``, the same for every layer."""
+        raise NotImplementedError
+
+    def rank_one_vector(self, state: dict[str, Tensor]) -> Tensor:
+        """``v`` of ``P = s·G + u vᵀ`` for a layer (length ``d_in`` [+ 1 with a bias])."""
+        raise NotImplementedError
+
+    def rank_one_correction(self, state: dict[str, Tensor], gv: Tensor) -> Tensor:
+        """``u`` of ``P = s·G + u vᵀ`` for a layer, given ``G v``."""
+        raise NotImplementedError
+
+    def in_place_operands(self, layers: list[Layer]) -> list[Tensor] | None:
+        """The weight gradients as ``(d_out, d_in)`` views (:func:`weight_matrix`), or ``None``
+        where one allows no view or :attr:`in_place_rank_one` is off."""
+        if not self.in_place_rank_one:
+            return None
+        weights = [weight_matrix(layer) for layer in layers]
+        return None if any(w is None for w in weights) else weights  # type: ignore[return-value]
+
+    def _stack(self, tag: str, lengths: list[int], like: Tensor) -> RowStack:
+        """The kept :class:`RowStack` for ``tag`` and these lengths."""
+        key = (tag, tuple(lengths), like.dtype, like.device)
+        rows = self.stacks.get(key)
+        if rows is None:
+            if len(self.stacks) >= 32:  # the set of layers keeps changing: keep the latest
+                self.stacks.clear()
+            rows = self.stacks[key] = RowStack(lengths, like)
+        return rows
+
+    def _stacked(
+        self, states: list[dict[str, Tensor]], weights: list[Tensor]
+    ) -> tuple[dict[str, Tensor], Tensor] | None:
+        """Every state key as an ``(L, m)`` zero-padded stack (one ``_foreach_copy_`` per key),
+        and the zero ``(L, max d_out)`` matrix that ``G v`` is written into; None when the states
+        are not all vectors with the same keys, or the layers do not share one dtype and device."""
+        keys = states[0].keys()
+        like = weights[0]
+        if any(w.dtype != like.dtype or w.device != like.device for w in weights) or any(
+            s.keys() != keys
+            or any(
+                t.dim() != 1 or t.dtype != like.dtype or t.device != like.device for t in s.values()
+            )
+            for s in states
+        ):
+            return None
+        stacked = {}
+        for key in keys:
+            vectors = [s[key] for s in states]
+            rows = self._stack(key, [t.numel() for t in vectors], like)
+            torch._foreach_copy_(rows.rows, vectors)
+            stacked[key] = rows.matrix
+        gv = self._stack("G v", [w.shape[0] for w in weights], like).matrix
+        return stacked, gv
+
+    def step_in_place(self, layers: list[Layer], operands: list[Tensor]) -> None:
+        """Precondition, scale and write back every layer of ``layers`` (all ready, with weight
+        gradients viewed as matrices in ``operands``) in place.
+
+        With :attr:`rank_one_batched`, ``v``, ``u`` and every per-layer scalar are computed for
+        all layers at once on zero-padded stacks: a fixed number of kernels whatever the number
+        of layers, plus one ``G v`` product per layer (on a GPU the step is bound by kernel
+        launches, not arithmetic). Otherwise layer by layer.
+        """
+        weights = operands
+        scale = self.rank_one_scale
+        states = [self.state[layer.name] for layer in layers]
+        biases = [
+            layer.module.bias.grad if self.include_bias and layer.has_bias else None  # type: ignore[union-attr]
+            for layer in layers
+        ]
+        with_bias = [i for i, b in enumerate(biases) if b is not None]
+        grads: list[Tensor] = [*weights, *(biases[i] for i in with_bias)]  # type: ignore[misc]
+        d_in = [w.shape[1] + (b is not None) for w, b in zip(weights, biases, strict=True)]
+        batched = self.rank_one_batched and self._stacked(states, weights)
         if batched:
-            ugv = row_dot(u_matrix, gv_matrix)[:, 0]  # u_lᵀ G_l v_l
+            stacked, gv_matrix = batched
+            v_matrix = self.rank_one_vector(stacked)
+            vs = [row[:n] for row, n in zip(v_matrix, d_in, strict=True)]
+            gvs = [row[: w.shape[0]] for row, w in zip(gv_matrix, weights, strict=True)]
+            for w, b, v, out in zip(weights, biases, vs, gvs, strict=True):
+                grad_times(w, b, v, out=out)
+            u_matrix = self.rank_one_correction(stacked, gv_matrix)
         else:
-            ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])
-        if pre.scaling == "graft":
+            vs = [self.rank_one_vector(state) for state in states]
+            gvs = [grad_times(w, b, v) for w, b, v in zip(weights, biases, vs, strict=True)]
+            us = [self.rank_one_correction(s, gv) for s, gv in zip(states, gvs, strict=True)]
+
+        factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
+        if self.scaling is not None and not (self.scaling == "kl_clip" and self.kl_clip is None):
+            none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
+            g_sq = squared_norms(weights) + squared_norms(
+                [none if b is None else b for b in biases]
+            )  # ‖G_l‖²
             if batched:
-                uv_sq = (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0]
+                ugv = row_dot(u_matrix, gv_matrix)[:, 0]  # u_lᵀ G_l v_l
             else:
-                uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
-            p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq).clamp(min=0)  # ≥ 0 but rounded
-            factors = graft_factor(p_sq.sqrt(), g_sq.sqrt())
-        else:
-            kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
-            if pre.scaling == "kl_clip":
-                factors = kl_clip_factor(kl, pre.lr, pre.kl_clip)  # type: ignore[arg-type]
+                ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])
+            if self.scaling == "graft":
+                if batched:
+                    uv_sq = (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0]
+                else:
+                    uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
+                p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq).clamp(min=0)  # rounded ≥ 0
+                factors = graft_factor(p_sq.sqrt(), g_sq.sqrt())
             else:
-                factors = kl_norm_factor(kl)
+                kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
+                if self.scaling == "kl_clip":
+                    factors = kl_clip_factor(kl, self.lr, self.kl_clip)  # type: ignore[arg-type]
+                else:
+                    factors = kl_norm_factor(kl)
 
-    if _cpu_forms(weights[0]):
+        if _cpu_forms(weights[0]):
+            if batched:
+                us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
+            _write_fused(weights, biases, us, vs, factors, scale)
+            return
+        if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
+            each = (factors * scale).unbind()
+            torch._foreach_mul_(grads, [*each, *(each[i] for i in with_bias)])
+        else:
+            torch._foreach_mul_(grads, factors * scale)
         if batched:
+            if isinstance(factors, Tensor):
+                u_matrix = u_matrix * (factors[:, None] if factors.dim() == 1 else factors)
             us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
-        _write_fused(weights, biases, us, vs, factors, scale)
-        return
-    if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
-        each = (factors * scale).unbind()
-        torch._foreach_mul_(grads, [*each, *(each[i] for i in with_bias)])
-    else:
-        torch._foreach_mul_(grads, factors * scale)
-    if batched:
-        if isinstance(factors, Tensor):
-            u_matrix = u_matrix * (factors[:, None] if factors.dim() == 1 else factors)
-        us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
-    elif isinstance(factors, Tensor):
-        us = torch._foreach_mul(us, list(factors.unbind()) if factors.dim() == 1 else factors)
-    torch._foreach_addcmul_(
-        weights,
-        [u.unsqueeze(1) for u in us],
-        [v[: w.shape[1]].unsqueeze(0) for v, w in zip(vs, weights, strict=True)],
-    )
-    if with_bias:
+        elif isinstance(factors, Tensor):
+            us = torch._foreach_mul(us, list(factors.unbind()) if factors.dim() == 1 else factors)
         torch._foreach_addcmul_(
-            [biases[i] for i in with_bias],  # type: ignore[misc]
-            [us[i] for i in with_bias],
-            [vs[i][-1:] for i in with_bias],
+            weights,
+            [u.unsqueeze(1) for u in us],
+            [v[: w.shape[1]].unsqueeze(0) for v, w in zip(vs, weights, strict=True)],
         )
+        if with_bias:
+            torch._foreach_addcmul_(
+                [biases[i] for i in with_bias],  # type: ignore[misc]
+                [us[i] for i in with_bias],
+                [vs[i][-1:] for i in with_bias],
+            )

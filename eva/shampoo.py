@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
 from eva.layers import Layer
-from eva.preconditioner import Options, Preconditioner, check_int
+from eva.options import Options, check_bool, check_int
+from eva.preconditioner import Preconditioner
 
 
 def merged_shape(shape: torch.Size, max_dim: int, merge_dims: bool = True) -> tuple[int, ...]:
@@ -99,11 +99,12 @@ class Shampoo(Preconditioner):
         ValueError: a hyper-parameter out of range, or a model with no supported layer.
     """
 
-    defaults: ClassVar[Options] = {
-        "damping": 1e-3, "running_avg": None, "scaling": "graft", "update_interval": 10,
-    }  # fmt: skip
+    defaults: ClassVar[Options] = Options(
+        damping=1e-3, running_avg=None, scaling="graft", update_interval=10
+    )
     include_bias = False
     allow_running_sum = True
+    uses_gradient_statistics = True
 
     def __init__(
         self,
@@ -112,11 +113,10 @@ class Shampoo(Preconditioner):
         *,
         max_dim: int = 1024,
         merge_dims: bool = True,
-        **options: Unpack[Options],
+        **options: Any,
     ) -> None:
         check_int("max_dim", max_dim)
-        if not isinstance(merge_dims, bool):
-            raise ValueError(f"merge_dims must be a bool, got {merge_dims!r}")
+        check_bool("merge_dims", merge_dims)
         super().__init__(model, optimizer, **options)
         self.max_dim = max_dim
         self.merge_dims = merge_dims
@@ -133,16 +133,19 @@ class Shampoo(Preconditioner):
             for i, m in enumerate(mode_statistics(block.to(dtype)))
         }
 
-    def update_state(
-        self, layer: Layer, state: dict[str, Tensor], current: dict[str, Tensor]
+    def update_states(
+        self, updates: list[tuple[Layer, dict[str, Tensor], dict[str, Tensor]]]
     ) -> None:
-        """Accumulate the statistics; on refresh steps (or when none exist) recompute the roots."""
-        super().update_state(layer, state, current)
-        if not self.refresh_step and "R0_0" in state:
-            return
-        order = 2 * len(merged_shape(layer.weight.shape, self.max_dim, self.merge_dims))
-        for key in current:  # "M{b}_{i}" -> "R{b}_{i}"
-            state["R" + key[1:]] = inverse_root(state[key], self.damping, order, layer.weight.dtype)
+        """Accumulate the statistics; on refresh steps (or where none exist) recompute the
+        roots."""
+        super().update_states(updates)
+        for layer, state, current in updates:
+            if not self.refresh_step and "R0_0" in state:
+                continue
+            order = 2 * len(merged_shape(layer.weight.shape, self.max_dim, self.merge_dims))
+            dtype = layer.weight.dtype
+            for key in current:  # "M{b}_{i}" -> "R{b}_{i}"
+                state["R" + key[1:]] = inverse_root(state[key], self.damping, order, dtype)
 
     def precondition(self, layer: Layer, state: dict[str, Tensor], grad: Tensor) -> Tensor:
         """Eq. 8 for every block: ``G ×_1 R_1 ⋯ ×_k R_k``."""

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import eva
-from eva.preconditioner import SHARED_DEFAULTS
+from eva.options import OPTION_NAMES
 
 DTYPE = torch.float64
 
@@ -29,7 +29,7 @@ def accepted_kwargs(cls: type) -> set[str]:
     params = inspect.signature(cls).parameters.values()
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     own = {p.name for p in params if p.kind in kinds} - {"model", "optimizer"}
-    return own | set(SHARED_DEFAULTS)
+    return own | OPTION_NAMES
 
 
 # Where several steps at lr 0.1 are compared numerically: M-FAC's default damping (1e-5, tuned for

@@ -63,8 +63,8 @@ def train(
     model = model.to(DTYPE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     pre = cls(model, optimizer, **options)
-    if not watch and pre._batchnorm is not None:
-        pre._batchnorm.remove()
+    if not watch and pre.capture.batchnorm is not None:
+        pre.capture.batchnorm.remove()
     gen = torch.Generator().manual_seed(3)
     grads: list[Tensor] = []
     for _ in range(steps):
@@ -167,8 +167,8 @@ def test_resnet_reduces_only_the_classifier_gradient(monkeypatch):
 def test_algorithms_without_the_gradient_mean_add_no_batchnorm_hooks():
     model = fresh(ConvBN).to(DTYPE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    assert EvaF(model, optimizer)._batchnorm is None
+    assert EvaF(model, optimizer).capture.batchnorm is None
     pre = Eva(model, optimizer)
-    assert pre._batchnorm is not None and len(pre._batchnorm.handles) == 3
+    assert pre.capture.batchnorm is not None and len(pre.capture.batchnorm.handles) == 3
     pre.remove_hooks()
-    assert not pre._batchnorm.handles
+    assert not pre.capture.batchnorm.handles

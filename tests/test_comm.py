@@ -122,7 +122,7 @@ def _train(case: str, rank: int, distributed: bool, overlap: bool = True) -> dic
         pre.step()
         optimizer.step()
     if loop == "batchnorm":
-        zero = {name.removeprefix("module.") for name in pre._zero_g_means.zero}  # type: ignore[union-attr]
+        zero = {name.removeprefix("module.") for name in pre.capture.zero_grad_means.zero}  # type: ignore[union-attr]
         assert zero == {"conv1", "conv2", "fc1"}  # their ā never read
         return {k: v.detach().clone() for k, v in model.named_parameters()}
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -475,7 +475,7 @@ def test_output_gradient_hook_only_for_overlap(reducer, overlap, hooked):
     their statistics from the backward pass, i.e. with overlap and more than one worker."""
     model = make_model(TinyMLP)
     pre = eva.EvaF(model, sgd(model), reducer=reducer, overlap_comm=overlap)
-    assert (pre._overlap is not None) == hooked
+    assert (pre.capture.overlap is not None) == hooked
     out = model(vector_batches(1)[0][0])
     assert bool(out._backward_hooks) == hooked
 

@@ -199,7 +199,7 @@ def test_eva_s_with_huge_gradients_is_finite_and_exact(in_place: bool, monkeypat
     from eva.eva_s import mode_means
 
     if not in_place:  # the reference path, Preconditioner.precondition
-        monkeypatch.setattr(EvaS, "_rank_one_applies", lambda self: False)
+        monkeypatch.setattr(EvaS, "in_place_rank_one", False)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     model = torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))

@@ -57,7 +57,7 @@ def single_thread():
 def pending_snapshot(pre) -> dict[str, dict[str, tuple[Tensor, int]]]:
     return {
         name: {k: (v[0].clone(), v[1]) for k, v in pending.items()}
-        for name, pending in pre._pending.items()
+        for name, pending in pre.capture.pending.items()
     }
 
 
@@ -83,7 +83,7 @@ def test_disabled_equals_plain_sgd(name):
     optimizer = sgd(model)
     pre = build(cls, model, optimizer, enabled=False, update_interval=1)
     train_steps(model, optimizer, pre, batches)
-    assert all(not pending for pending in pre._pending.values())
+    assert all(not pending for pending in pre.capture.pending.values())
 
     train_steps(reference, sgd(reference), None, batches)
     assert_params_equal(model, reference)
@@ -115,7 +115,7 @@ def test_disabling_mid_run_stops_all_effects(name):
     for batch in batches[3:]:
         optimizer.zero_grad()
         forward_backward(model, batch)
-        assert all(not pending for pending in pre._pending.values())
+        assert all(not pending for pending in pre.capture.pending.values())
         raw = grads(model)
         pre.step()
         for n, p in model.named_parameters():
@@ -413,9 +413,9 @@ def test_pending_holds_only_vectors():
     model = make_model()
     pre = Eva(model, sgd(model))
     forward_backward(model, image_batches(1)[0])
-    assert set(pre._pending) == {"conv1", "conv2", "fc1", "fc2"}
+    assert set(pre.capture.pending) == {"conv1", "conv2", "fc1", "fc2"}
     for layer in pre.layers:
-        pending = pre._pending[layer.name]
+        pending = pre.capture.pending[layer.name]
         assert set(pending) == {"a_mean", "g_mean"}
         d_in = layer.weight[0].numel() + (layer.module.bias is not None)
         assert pending["a_mean"][0].shape == (d_in,), layer.name
@@ -424,27 +424,32 @@ def test_pending_holds_only_vectors():
 
 
 @pytest.mark.parametrize("name", ["eva", "eva_f", "foof"])
-def test_prepared_input_mean_route_equals_the_general_route(name):
+def test_prepared_input_mean_route_equals_the_general_route(name, monkeypatch):
     """ā through the per-shape MeanPlans (most calls) equals the general route of
     statistics.input_mean, over changing batch sizes and two micro-batches per step."""
     cls = eva.PRECONDITIONERS[name]
-    model, twin = make_model(), make_model()
-    pre, general = build(cls, model, sgd(model)), build(cls, twin, sgd(twin))
-    general._mean_plans = {}  # every ā by the general route
-    for x, y in image_batches(3, batch=8)[:2] + image_batches(1, batch=5):
-        for m, p in ((model, pre), (twin, general)):
+
+    def run(m: nn.Module):
+        p = build(cls, m, sgd(m))
+        for x, y in image_batches(3, batch=8)[:2] + image_batches(1, batch=5):
             for xb, yb in zip((x[:3], x[3:]), (y[:3], y[3:]), strict=True):
                 (F.cross_entropy(m(xb), yb) / 2).backward()
             p.step()
             p.optimizer.step()
             p.optimizer.zero_grad()
+        return p
+
+    with monkeypatch.context() as patch:  # no plan for any shape: every ā by the general route
+        patch.setattr(eva.statistics, "mean_plan", lambda module, x: None)
+        general = run(make_model())
+    pre = run(make_model())
     for layer in pre.layers:
         for key, value in general.state[layer.name].items():
             torch.testing.assert_close(pre.state[layer.name][key], value, rtol=1e-12, atol=1e-14)
     if "a_factor" in cls.statistics_needed:
-        assert not pre._mean_plans  # the patches are unfolded anyway
+        assert not pre.capture.mean_plans  # the patches are unfolded anyway
     else:
-        plans = [p for shapes in pre._mean_plans.values() for p in shapes.values()]
+        plans = [p for shapes in pre.capture.mean_plans.values() for p in shapes.values()]
         assert plans and all(isinstance(p, eva.statistics.MeanPlan) for p in plans)
 
 
@@ -458,8 +463,8 @@ def test_frozen_bias_and_unbatched_conv():
     pre = Eva(model, sgd(model))
     x = torch.randn(2, 4, 4, dtype=DTYPE)
     fc(conv(x).flatten()).square().sum().backward()
-    a_conv = pre._pending["conv"]["a_mean"][0]
-    a_fc = pre._pending["fc"]["a_mean"][0]
+    a_conv = pre.capture.pending["conv"]["a_mean"][0]
+    a_fc = pre.capture.pending["fc"]["a_mean"][0]
     assert a_fc.shape == (48,) and torch.equal(a_fc, conv(x).detach().flatten())
     rows = im2col_rows(conv, x.unsqueeze(0)).reshape(-1, 18).mean(0)
     torch.testing.assert_close(a_conv, torch.cat([rows, torch.ones(1, dtype=DTYPE)]))
@@ -494,7 +499,7 @@ def test_no_statistics_off_refresh_steps():
     batches = image_batches(2)
     train_steps(model, optimizer, pre, batches[:1])
     forward_backward(model, batches[1])
-    assert all(not pending for pending in pre._pending.values())
+    assert all(not pending for pending in pre.capture.pending.values())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -824,3 +829,12 @@ def test_loss_scale_is_divided_out_of_statistics(name):
         results.append([p.detach().clone() for p in model.parameters()])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_statistics_are_declared_where_defined(name):
+    """``uses_gradient_statistics`` is explicit (the step reads the flag, not the class body):
+    every registered class that defines ``gradient_statistics`` declares it, and no other."""
+    cls = eva.PRECONDITIONERS[name]
+    defines = cls.gradient_statistics is not eva.Preconditioner.gradient_statistics
+    assert cls.uses_gradient_statistics == defines

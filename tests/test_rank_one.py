@@ -1,5 +1,6 @@
-"""The in-place rank-one step (eva.rank_one) gives exactly what the generic path gives:
-``precondition`` for every layer, the scaling over the list, then the write-back."""
+"""The in-place rank-one step (eva.rank_one.RankOnePreconditioner.step_in_place) gives exactly
+what the generic path gives: ``precondition`` for every layer, the scaling over the list, then the
+write-back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 import eva
 from eva import rank_one
+from eva.rank_one import RankOnePreconditioner
 from tests.helpers import assert_runs_close
 
 
@@ -31,7 +33,7 @@ def _model(channels_last: bool = False) -> nn.Module:
 
 def _run(cls: type, options: dict, generic: bool, channels_last: bool = False) -> list:
     if generic:
-        cls = type("Generic" + cls.__name__, (cls,), {"_rank_one_applies": lambda self: False})
+        cls = type("Generic" + cls.__name__, (cls,), {"in_place_rank_one": False})
     model = _model(channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
     pre = cls(model, optimizer, **options)
@@ -73,8 +75,7 @@ def test_in_place_step_equals_the_generic_path(cls, options, cpu_forms, monkeypa
     """Both forms of the write-back and norms (CPU: fused ``addmm_`` and dot products;
     accelerators: ``torch._foreach`` kernels, run here on the CPU)."""
     monkeypatch.setattr(rank_one, "CPU_FORMS", cpu_forms)
-    calls = []
-    monkeypatch.setattr(rank_one, "rank_one_step", _spy(rank_one.rank_one_step, calls))
+    calls = _spy_in_place(monkeypatch)
     got = _run(cls, options, generic=False)
     assert len(calls) == 3  # every step went through the in-place path
     want = _run(cls, options, generic=True)
@@ -82,54 +83,65 @@ def test_in_place_step_equals_the_generic_path(cls, options, cpu_forms, monkeypa
     assert_runs_close(got, want, rtol=1e-12, atol=1e-14)
 
 
-def _spy(fn, calls: list):
-    def wrapped(*args, **kwargs):
-        calls.append(1)
-        return fn(*args, **kwargs)
+def _spy_in_place(monkeypatch) -> list:
+    """Count the in-place steps (one per ``step`` that takes the in-place path)."""
+    calls: list = []
+    original = RankOnePreconditioner.step_in_place
 
-    return wrapped
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RankOnePreconditioner, "step_in_place", wrapped)
+    return calls
 
 
 def test_channels_last_gradients_take_the_generic_path(monkeypatch) -> None:
-    calls = []
-    monkeypatch.setattr(rank_one, "rank_one_step", _spy(rank_one.rank_one_step, calls))
+    calls = _spy_in_place(monkeypatch)
     got = _run(eva.Eva, {}, generic=False, channels_last=True)
     assert not calls
     assert_runs_close(got, _run(eva.Eva, {}, generic=True), rtol=1e-10, atol=1e-12)
 
 
-def test_changed_math_or_other_algorithms_take_the_generic_path() -> None:
-    model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for name in ("eva", "eva_f", "eva_s"):
-        assert eva.PRECONDITIONERS[name](model, optimizer)._rank_one_applies()
+def test_the_rank_one_family_steps_in_place_others_and_opted_out_subclasses_do_not(
+    monkeypatch,
+) -> None:
+    """Eva, Eva-f and Eva-s (and only they) are rank-one preconditioners; a subclass that changes
+    the math of ``precondition`` opts out with ``in_place_rank_one = False`` and then gets the
+    changed math through the generic path."""
+    family = {n for n, c in eva.PRECONDITIONERS.items() if issubclass(c, RankOnePreconditioner)}
+    assert family == {"eva", "eva_f", "eva_s"}
 
     class Halved(eva.Eva):
+        in_place_rank_one = False
+
         def precondition(self, layer, state, grad):
             return super().precondition(layer, state, grad) / 2
 
-    assert not Halved(model, optimizer)._rank_one_applies()
-    for name in ("kfac", "foof", "shampoo", "mfac"):
-        assert not eva.PRECONDITIONERS[name](model, optimizer)._rank_one_applies()
+    calls = _spy_in_place(monkeypatch)
+    halved = _run(Halved, {"scaling": None}, generic=False)
+    assert not calls
+    full = _run(eva.Eva, {"scaling": None}, generic=False)
+    assert len(calls) == 3
+    for got, want in zip(halved[0], full[0], strict=True):  # step 1: the same state, P/2
+        torch.testing.assert_close(got, want / 2, rtol=1e-12, atol=1e-15)
 
 
 def test_eva_and_eva_f_step_all_layers_at_once_eva_s_layer_by_layer() -> None:
     """Eva and Eva-f take the batched form (zero-padded stacks kept between steps); Eva-s, whose
     layers have different numbers of mode vectors, and a subclass that redefines the rank-one
     form without declaring it batched go layer by layer, with the same result."""
-    model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    assert eva.Eva(model, optimizer)._rank_one_batched()
-    assert eva.EvaF(model, optimizer)._rank_one_batched()
-    assert not eva.EvaS(model, optimizer)._rank_one_batched()
+    assert eva.Eva.rank_one_batched and eva.EvaF.rank_one_batched
+    assert not eva.EvaS.rank_one_batched
 
     class Unbatched(eva.Eva):
+        rank_one_batched = False
+
         def rank_one_correction(self, state, gv):
             a, b = state["a_mean"], state["g_mean"]
             gamma = self.damping
             return b * ((b @ gv) / (-gamma * (gamma + (a @ a) * (b @ b))))
 
-    assert not Unbatched(model, optimizer)._rank_one_batched()
     for cls in (eva.Eva, Unbatched):
         got = _run(cls, {}, generic=False)
         assert_runs_close(got, _run(eva.Eva, {}, generic=True), rtol=1e-12, atol=1e-14)
@@ -144,7 +156,7 @@ def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         pre.step()
-    stacks = dict(pre._rank_one_rows)
+    stacks = dict(pre.stacks)
     assert {key[0] for key in stacks} == {"a_mean", "g_mean", "G v"}
     for (tag, lengths, *_), rows in stacks.items():
         for row, n in zip(rows.matrix, lengths, strict=True):
@@ -155,7 +167,7 @@ def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
     optimizer.zero_grad()
     F.cross_entropy(model(x), y).backward()
     pre.step()
-    assert all(pre._rank_one_rows[key] is stacks[key] for key in stacks)  # reused, not rebuilt
+    assert all(pre.stacks[key] is stacks[key] for key in stacks)  # reused, not rebuilt
 
 
 class _MixedPrecision(nn.Module):
@@ -175,7 +187,7 @@ def test_layers_of_different_dtypes_step_layer_by_layer() -> None:
     for generic in (False, True):
         cls = eva.Eva
         if generic:
-            cls = type("GenericEva", (cls,), {"_rank_one_applies": lambda self: False})
+            cls = type("GenericEva", (cls,), {"in_place_rank_one": False})
         torch.manual_seed(0)
         model = _MixedPrecision()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -190,7 +202,7 @@ def test_layers_of_different_dtypes_step_layer_by_layer() -> None:
             pre.step()
             steps.append([p.grad.clone() for p in model.parameters()])
             optimizer.step()
-        assert not pre._rank_one_rows  # never stacked
+        assert not pre.stacks  # never stacked
         runs.append(steps)
     assert_runs_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
 
@@ -205,7 +217,7 @@ def test_non_finite_gradients_stay_non_finite_in_every_form(scaling, monkeypatch
         monkeypatch.setattr(rank_one, "CPU_FORMS", bool(cpu_forms))
         cls = eva.Eva
         if cpu_forms is None:
-            cls = type("GenericEva", (eva.Eva,), {"_rank_one_applies": lambda self: False})
+            cls = type("GenericEva", (eva.Eva,), {"in_place_rank_one": False})
         model = _model()
         pre = cls(model, torch.optim.SGD(model.parameters(), lr=0.3), scaling=scaling)
         x = torch.randn(7, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

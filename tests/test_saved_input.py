@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-import eva.preconditioner
+import eva.capture
 from eva import Eva, statistics
 from eva.saved_input import HeldInput, saved_by_autograd
 from tests.helpers import DTYPE, TinyCNN, forward_backward, image_batches, make_model, sgd
@@ -88,8 +88,7 @@ def new_eva(model: nn.Module, **options) -> Eva:
 def test_no_input_is_read_where_the_gradient_mean_is_zero(monkeypatch):
     reference_model = fresh(ConvBN).to(DTYPE)
     reference = new_eva(reference_model)
-    reference._batchnorm.remove()  # reads every b̄ and ā
-    reference._zero_g_means = None
+    reference.capture.batchnorm.remove()  # reads every b̄ and ā
     run(reference_model, range(3), reference)
 
     calls = count_input_means(monkeypatch)
@@ -110,15 +109,15 @@ def test_the_first_nonzero_gradient_mean_starts_the_input_average_afresh():
     model = fresh(ConvBN).to(DTYPE)
     reference_model = fresh(ConvBN).to(DTYPE)
     pre, reference = new_eva(model), new_eva(reference_model)
-    reference._batchnorm.remove()
+    reference.capture.batchnorm.remove()
     run(model, range(2), pre)
     run(reference_model, range(2), reference)
-    assert "conv1" in pre._zero_g_means.zero
+    assert "conv1" in pre.capture.zero_grad_means.zero
 
     # frozen bn1 (running statistics): conv1's b̄ is no longer zero
     run(model, range(2, 3), pre, eval_bn1_from=2)
     run(reference_model, range(2, 3), reference, eval_bn1_from=2)
-    assert "conv1" not in pre._zero_g_means.zero
+    assert "conv1" not in pre.capture.zero_grad_means.zero
     a_3 = conv1_a_mean(image(2))
     torch.testing.assert_close(pre.state["conv1"]["a_mean"], a_3, rtol=1e-12, atol=1e-15)
     b_3 = reference.state["conv1"]["g_mean"]  # ξ b̄_3 + (1 − ξ)·(rounding noise of b̄_1, b̄_2)
@@ -140,15 +139,15 @@ def test_loading_a_state_keeps_track_of_the_zero_gradient_means(monkeypatch):
     twin.load_state_dict(model.state_dict())
     loaded = new_eva(twin)
     loaded.state["conv1"]["g_mean"] = torch.ones(4, dtype=DTYPE)  # replaced by the load
-    loaded._zero_g_means.read("conv2")  # so is any earlier bookkeeping
+    loaded.capture.zero_grad_means.read("conv2")  # so is any earlier bookkeeping
     loaded.load_state_dict(pre.state_dict())
-    assert loaded._zero_g_means.zero == {"conv1", "conv2", "fc1"}
-    assert not loaded._zero_g_means.restart
+    assert loaded.capture.zero_grad_means.zero == {"conv1", "conv2", "fc1"}
+    assert not loaded.capture.zero_grad_means.restart
 
     nonzero = pre.state_dict()
     nonzero["layers"]["conv2"]["g_mean"] = torch.full((4,), 1e-3, dtype=DTYPE)
     loaded.load_state_dict(nonzero)
-    assert loaded._zero_g_means.zero == {"conv1", "fc1"}
+    assert loaded.capture.zero_grad_means.zero == {"conv1", "fc1"}
     calls = count_input_means(monkeypatch)
     run(twin, range(2, 3), loaded)
     assert calls == [twin.fc2, twin.conv2]  # conv2's b̄ average is not zero: its ā matters
@@ -158,7 +157,7 @@ def test_stat_batch_reads_every_input(monkeypatch):
     calls = count_input_means(monkeypatch)
     model = fresh(ConvBN).to(DTYPE)
     pre = new_eva(model, stat_batch=8)  # 8 = the batch: b̄ still zero, but ā is read
-    assert pre._zero_g_means is None
+    assert pre.capture.zero_grad_means is None
     run(model, range(1), pre)
     assert len(calls) == 4
 
@@ -170,7 +169,7 @@ def test_reading_the_input_in_the_backward_pass_gives_the_same_statistics(monkey
     states = []
     for held in (True, False):
         if not held:
-            monkeypatch.setattr(eva.preconditioner, "held_input", lambda module, x: None)
+            monkeypatch.setattr(eva.capture, "held_input", lambda module, x: None)
         model = make_model(TinyCNN)
         pre = Eva(model, sgd(model))
         for batch in batches:
@@ -260,7 +259,7 @@ def test_bf16_autocast_statistics_are_the_same_held_or_not(monkeypatch):
     states = []
     for held in (True, False):
         if not held:
-            monkeypatch.setattr(eva.preconditioner, "held_input", lambda module, x: None)
+            monkeypatch.setattr(eva.capture, "held_input", lambda module, x: None)
         torch.manual_seed(0)
         model = TinyCNN()
         pre = Eva(model, sgd(model))
