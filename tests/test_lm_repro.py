@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from scripts.repro import run as repro_run
 from scripts.repro.grids import SCALES, target
 from scripts.repro.render import render
 from scripts.repro.run import Layout, pending
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import chosen_lr, swept_rates
 from tests.test_repro import fabricate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +209,14 @@ def test_lm_smoke_scale_runs_and_renders_end_to_end(tmp_path):
     record = json.loads((layout.bench / "steptime-smoke-lm.json").read_text())
     assert set(record["models"]["gpt"]["algorithms"]) == set(LABELS)
     md = (tmp_path / "smoke" / "lm.md").read_text()
-    assert "Runs: 21 of 21 completed" in md and (tmp_path / "smoke" / "lm.png").exists()
+    # every setting: its sweep (with a rate past an edge its best sat on), then its second seed
+    tuned = target("lm", "smoke").tuned
+    runs = sum(len(swept_rates(t, layout)) + len(t.seeds) - 1 for t in tuned)
+    assert runs >= 21
+    counted = re.search(r"Runs: (\d+) of (\d+) completed(?:, (\d+) diverged)?", md)
+    assert counted is not None and int(counted[2]) == runs
+    assert int(counted[1]) + int(counted[3] or 0) == runs
+    assert (tmp_path / "smoke" / "lm.png").exists()
     assert "sweep unfinished" not in md and "not run |" not in md
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "$ python" not in again.stdout and "[pool]" not in again.stdout

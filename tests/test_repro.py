@@ -212,6 +212,9 @@ def test_table4_picks_each_settings_best_lr_then_runs_its_seeds(tmp_path):
     assert "With whole-batch statistics: Eva − SGD +4.00 ± 0.82 (higher)" in md
     assert "K-FAC − SGD +1.00 ± 0.82 (no difference)" in md
     assert "does not hold at this scale" in md
+    # K-FAC: 16-sample 85 ± 1 vs whole-batch 84 ± 1; Eva: 16-sample 82 ± 1 vs whole-batch 87 ± 1
+    assert "16-sample minus whole-batch statistics (each at its best lr): K-FAC +1.00 ± 0.82" in md
+    assert "Eva -5.00 ± 0.82 (lower)." in md
     assert "Runs: 29 of 29 completed" in md
 
 

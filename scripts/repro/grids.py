@@ -515,7 +515,7 @@ def fig5(scale: str) -> Target:
             title,
             f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; Table 4's runs (each "
             "method at its tuned lr, 3 seeds) plus Shampoo at lr 0.1 (Fig. 8's runs, 2 seeds); "
-            "seconds are steps × the method's median step time measured alone on the CPU "
+            "seconds are steps × the method's mean step time measured alone on the CPU "
             "(`steptime-cpu-resnet20` record), since the runs themselves may share a machine",
             (shampoo,),
             tuned=_table4_tuned(scale),

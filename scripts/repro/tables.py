@@ -207,6 +207,17 @@ def _claims(cells: dict[str, Cell]) -> list[str]:
             f"{verdict(kfac_sgd)}, Eva − K-FAC {verdict(eva_kfac)}: the paper's ordering "
             f"(Eva ≈ K-FAC > SGD) {'holds' if holds else 'does not hold'} at this scale."
         )
+    by_stats = [
+        f"{method} {verdict(difference(authors, whole))}"
+        for method in ("K-FAC", "Eva")
+        if (whole := cells.get(f"{method}, whole-batch statistics"))
+        and (authors := cells.get(f"{method}, 16-sample statistics"))
+    ]
+    if by_stats:
+        out.append(
+            "The statistics question, 16-sample minus whole-batch statistics (each at its best "
+            f"lr): {', '.join(by_stats)}."
+        )
     return out
 
 
