@@ -2,7 +2,7 @@
 
     python train.py optimizer=eva model=resnet110                # the paper's CIFAR-10 setting
     python train.py -m optimizer=eva optimizer.damping=0.003,0.03,0.3
-    torchrun --nproc_per_node=4 train.py experiment=table4_cifar10 optimizer=kfac
+    torchrun --nproc_per_node=4 train.py experiment=cifar optimizer=kfac
     python train.py experiment=lm optimizer=eva_adamw             # byte-level GPT on the stdlib
 
 Every run writes a record under ``results/runs/<group>/<name>/`` (see ``harness/records.py``) and
@@ -26,9 +26,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -38,6 +36,7 @@ from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
+from harness.optimizers import build_optimizer
 from harness.pipeline import Data, build_data
 from harness.records import RunRecord, finished_run
 from harness.schedules import build_schedule
@@ -258,17 +257,7 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
     if workers.world_size > 1:
         device_ids = [workers.device.index] if workers.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
-    try:
-        optimizer = instantiate(cfg.optimizer.base, params=model.parameters())
-        preconditioner = None
-        if cfg.optimizer.get("preconditioner") is not None:
-            pre_cfg = cfg.optimizer.preconditioner
-            extra: dict[str, Any] = {}  # model.skip_layers, unless the optimizer sets its own
-            if cfg.model.get("skip_layers") is not None and "skip_layers" not in pre_cfg:
-                extra["skip_layers"] = list(cfg.model.skip_layers)
-            preconditioner = instantiate(pre_cfg, model=model, optimizer=optimizer, **extra)
-    except InstantiationException as err:  # a bad hyper-parameter: report the library's line
-        raise ConfigError(f"optimizer ({cfg.optimizer.name}): {err.__cause__ or err}") from err
+    optimizer, preconditioner = build_optimizer(cfg.optimizer, model, cfg.model.get("skip_layers"))
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ConfigError(
