@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 
 ## demo: the main job (autoencoder on MNIST: SGD vs Eva vs K-FAC), writes results/demo/
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 ## test: lint, then the test suite
 test: $(STAMP)
@@ -45,11 +45,11 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) -m scripts.bench --models resnet110,vgg19 --out results/bench
 
 $(PAPER_TARGETS) lm: $(STAMP)
-	PYTHONPATH=. $(PY) scripts/reproduce.py $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
+	$(PY) -m scripts.reproduce $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
 
 ## reproduce: every table and figure at $(SCALE)
 reproduce: $(STAMP)
-	PYTHONPATH=. $(PY) scripts/reproduce.py all --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
+	$(PY) -m scripts.reproduce all --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,7 +2,7 @@
 
     python train.py optimizer=eva model=resnet110                # the paper's CIFAR-10 setting
     python train.py -m optimizer=eva optimizer.damping=0.003,0.03,0.3
-    torchrun --nproc_per_node=4 train.py experiment=table4_cifar10 optimizer=kfac
+    torchrun --nproc_per_node=4 train.py experiment=cifar optimizer=kfac
     python train.py experiment=lm optimizer=eva_adamw             # byte-level GPT on the stdlib
 
 Every run writes a record under ``results/runs/<group>/<name>/`` (see ``harness/records.py``) and

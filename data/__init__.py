@@ -1,4 +1,5 @@
-"""Dataset loaders used by the demo, the training entry point and the tests (not installed)."""
+"""Dataset loaders used by the demo, the training entry point and the tests (installed beside
+``eva`` by ``pip install -e .``)."""
 
 from data.mnist import load_mnist
 

@@ -20,7 +20,7 @@ class FOOF(Preconditioner):
 
         P = (G − λ₁ / (γ + λ₁) · G u₁ u₁ᵀ) / γ
 
-    Defaults follow the runs behind the paper (DESIGN.md): the factor is refreshed every 50 steps
+    Defaults follow the authors' runs behind the paper: the factor is refreshed every 50 steps
     from that step's batch alone (``running_avg=1``) and the step is KL-clipped with κ = 0.001.
 
     Args:

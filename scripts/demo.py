@@ -2,17 +2,20 @@
 
 Trains the 784-1000-500-250-30-250-500-1000-784 autoencoder with SGD (momentum 0.9), Eva and
 K-FAC side by side: same initial weights, same data order, same linearly decaying learning-rate
-schedule, batch size 1000 as in the paper. The loss is binary cross-entropy between the
-reconstruction logits and the input pixels, summed over the 784 pixels and averaged over the batch
-(the classic per-image reconstruction loss of the autoencoder literature, in nats).
+schedule, batch size 1000 as in the paper. Each optimizer is ``conf/optimizer/<name>.yaml`` under
+the Fig. 4 preset (``experiment=autoencoder``: no weight decay) with the demo's learning rate
+(:data:`OVERRIDES`), built by :func:`harness.optimizers.build_optimizer` as train.py builds it.
+The loss is binary cross-entropy between the reconstruction logits and the input pixels, summed
+over the 784 pixels and averaged over the batch (the classic per-image reconstruction loss of the
+autoencoder literature, in nats).
 
 Prints one line per epoch and a final table, and writes ``demo.json`` (all numbers, the command,
 versions and machine) and ``demo.png`` (training-loss curves) into ``--out``.
 
-Usage (from the repository root)::
+Usage (from the repository root, after ``pip install -e .``; or ``make demo``)::
 
-    python scripts/demo.py                      # the defaults: about 2-4 minutes on a 2-core CPU
-    python scripts/demo.py --epochs 1 --train-size 500 --optimizers sgd --out /tmp/demo
+    python -m scripts.demo                      # the defaults: about 2-4 minutes on a 2-core CPU
+    python -m scripts.demo --epochs 1 --train-size 500 --optimizers sgd --out /tmp/demo
 """
 
 from __future__ import annotations
@@ -24,40 +27,36 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from omegaconf import OmegaConf
+
+from data.mnist import load_mnist
+from harness.optimizers import build_optimizer, compose_optimizer
+from harness.records import cpu_model
+from models.autoencoder import Autoencoder, reconstruction_loss
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/demo.py` puts scripts/ first, not the root
-    sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-
-from data.mnist import load_mnist  # noqa: E402
-from harness.records import cpu_model  # noqa: E402
-from models.autoencoder import Autoencoder, reconstruction_loss  # noqa: E402
 
 OPTIMIZERS = ("sgd", "eva", "kfac")
-"""Names accepted by ``--optimizers``, in the order they are run and reported."""
+"""Names accepted by ``--optimizers`` (files of ``conf/optimizer``), in the order they run."""
 
-LEARNING_RATES = {"sgd": 0.005, "eva": 0.005, "kfac": 0.005}
-"""Initial learning rate of each run (the SGD that takes the step); decays linearly to 0.
+OVERRIDES = ("experiment=autoencoder", "optimizer.lr=0.005")
+"""What the demo sets on top of ``conf/optimizer/<name>.yaml``, the same for every optimizer.
 
-SGD's is the best of 0.003, 0.005, 0.007, 0.01, 0.02 on the default setting (0.02 diverges).
-Eva and K-FAC use the same value: with KL clipping active their steps barely depend on it here
-(Eva's final loss moved by under 1% between 0.01, 0.03 and 0.1 over 10 epochs, and between 0.005
-and 0.01 over 20 epochs).
+The Fig. 4 preset's optimizer settings (no weight decay), and an initial learning rate (of the
+SGD that takes the step) of 0.005, decaying linearly to 0. That is SGD's best of 0.003, 0.005,
+0.007, 0.01, 0.02 on the default setting (0.02 diverges). Eva and K-FAC use the same value: with
+KL clipping active their steps barely depend on it here (Eva's final loss moved by under 1%
+between 0.01, 0.03 and 0.1 over 10 epochs, and between 0.005 and 0.01 over 20 epochs). Everything
+else (momentum 0.9; damping 0.03, running average 0.95, KL clip 0.001, K-FAC's update interval
+10) is the config's, i.e. the paper's defaults.
 """
-
-PRECONDITIONER_HPARAMS: dict[str, dict[str, Any]] = {
-    "sgd": {},
-    "eva": {"damping": 0.03, "running_avg": 0.95, "kl_clip": 0.001},
-    "kfac": {"damping": 0.03, "running_avg": 0.95, "kl_clip": 0.001, "update_interval": 10},
-}
-"""Keyword arguments of each preconditioner (the paper's defaults)."""
-
-MOMENTUM = 0.9
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -144,27 +143,6 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 200
     return total / images.shape[0]
 
 
-def make_preconditioner(
-    name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> Callable[[], Any] | None:
-    """Build the preconditioner of run ``name`` and return its ``step`` (None for plain SGD).
-
-    Args:
-        name: One of :data:`OPTIMIZERS`.
-        model: The model whose layers are preconditioned.
-        optimizer: The SGD optimizer that takes the step.
-
-    Returns:
-        The preconditioner's ``step`` method, or None for ``"sgd"``.
-    """
-    if name == "sgd":
-        return None
-    from eva import KFAC, Eva  # imported here so `--optimizers sgd` needs no eva
-
-    cls = {"eva": Eva, "kfac": KFAC}[name]
-    return cls(model, optimizer, **PRECONDITIONER_HPARAMS[name]).step
-
-
 def train_one(
     name: str,
     train_images: torch.Tensor,
@@ -188,11 +166,10 @@ def train_one(
     Returns:
         The run's record: hyper-parameters, per-step and per-epoch losses, final losses, seconds.
     """
+    settings = compose_optimizer(name, OVERRIDES)
     torch.manual_seed(seed)
     model = Autoencoder()
-    lr = LEARNING_RATES[name]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
-    precondition = make_preconditioner(name, model, optimizer)
+    optimizer, preconditioner = build_optimizer(settings, model)
     n = train_images.shape[0]
     steps_per_epoch = -(-n // batch_size)
     total_steps = epochs * steps_per_epoch
@@ -210,8 +187,8 @@ def train_one(
             optimizer.zero_grad()
             loss = reconstruction_loss(model(batch), batch)
             loss.backward()
-            if precondition is not None:
-                precondition()
+            if preconditioner is not None:
+                preconditioner.step()
             optimizer.step()
             schedule.step()
             batch_losses.append(loss.detach())
@@ -232,10 +209,13 @@ def train_one(
             flush=True,
         )
 
+    pre = settings.preconditioner
+    hparams: dict[str, Any] = {} if pre is None else OmegaConf.to_container(pre, resolve=True)  # type: ignore[assignment]
     return {
-        "lr": lr,
-        "momentum": MOMENTUM,
-        "preconditioner": PRECONDITIONER_HPARAMS[name],
+        "lr": settings.lr,
+        "momentum": settings.momentum,
+        "weight_decay": settings.weight_decay,
+        "preconditioner": {k: v for k, v in hparams.items() if k != "_target_"},
         "train_loss": evaluate(model, train_images),
         "test_loss": epoch_records[-1]["test_loss"],
         "train_seconds": train_seconds,
@@ -277,14 +257,9 @@ def plot(results: dict[str, dict[str, Any]], steps_per_epoch: int, path: Path) -
         steps_per_epoch: Steps in one epoch (to put the test points on the step axis).
         path: The PNG file to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
     labels = {"sgd": "SGD (momentum 0.9)", "eva": "Eva", "kfac": "K-FAC"}
-    fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    ax_train, ax_test = fig.subplots(1, 2)
     for name, run in results.items():
         steps = range(1, len(run["step_losses"]) + 1)
         ax_train.plot(steps, run["step_losses"], label=labels[name], linewidth=1.2)
@@ -303,7 +278,6 @@ def plot(results: dict[str, dict[str, Any]], steps_per_epoch: int, path: Path) -
     fig.suptitle("8-layer autoencoder on MNIST")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -343,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "command": shlex.join(
-            ["python", "scripts/demo.py", *(sys.argv[1:] if argv is None else argv)]
+            ["python", "-m", "scripts.demo", *(sys.argv[1:] if argv is None else argv)]
         ),
         "config": {
             "epochs": args.epochs,
@@ -354,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "lr_schedule": "linear decay to 0 over all steps",
             "loss": "BCE-with-logits summed over 784 pixels, mean over images (nats/image)",
             "model": "Autoencoder(784-1000-500-250-30-250-500-1000-784)",
+            "optimizer_overrides": list(OVERRIDES),
         },
         "machine": {**machine_description(), "load_average_1min": [load_at_start, _load_average()]},
         "results": results,

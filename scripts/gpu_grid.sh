@@ -63,7 +63,7 @@ saver=$!
 
 left=$((budget - ($(date +%s) - t0) - 30))
 echo "pool time limit ${left}s" | tee -a "$out/env.txt"
-$py scripts/reproduce.py $targets --scale cpu --jobs "$jobs" --time-limit "$left" -o logger.wandb=false "$@" \
+$py -m scripts.reproduce $targets --scale cpu --jobs "$jobs" --time-limit "$left" -o logger.wandb=false "$@" \
     2>&1 | tee "$out/pool.log"
 
 # Records of every run; checkpoints only of runs that did not finish (to resume them).

@@ -1,11 +1,11 @@
 """Regenerate the paper's tables and figures: run what is missing, then render from records.
 
-    python scripts/reproduce.py table4 --scale cpu        # or: make table4 SCALE=cpu
-    python scripts/reproduce.py fig4 fig7 --scale smoke
-    python scripts/reproduce.py lm --scale cpu            # or: make lm (results/lm/)
-    python scripts/reproduce.py table4 --scale paper --dry-run          # print the commands
-    python scripts/reproduce.py table4 --scale paper -o hydra/launcher=slurm_8x4
-    python scripts/reproduce.py table4 table9 fig3 fig5 fig8 --scale cpu --jobs 12  # one big GPU
+    python -m scripts.reproduce table4 --scale cpu        # or: make table4 SCALE=cpu
+    python -m scripts.reproduce fig4 fig7 --scale smoke
+    python -m scripts.reproduce lm --scale cpu            # or: make lm (results/lm/)
+    python -m scripts.reproduce table4 --scale paper --dry-run          # print the commands
+    python -m scripts.reproduce table4 --scale paper -o hydra/launcher=slurm_8x4
+    python -m scripts.reproduce table4 table9 fig3 fig5 fig8 --scale cpu --jobs 12  # one big GPU
 
 Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/bench/``, renders
 (Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/`` (the language-model comparison ``lm``, not a
@@ -20,12 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.repro.grids import SCALES, TARGETS, target  # noqa: E402
-from scripts.repro.pool import stop_on_sigterm  # noqa: E402
-from scripts.repro.render import render  # noqa: E402
-from scripts.repro.run import Layout, run_targets  # noqa: E402
+from scripts.repro.grids import SCALES, TARGETS, target
+from scripts.repro.pool import stop_on_sigterm
+from scripts.repro.render import render
+from scripts.repro.run import Layout, run_targets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -31,7 +31,12 @@ from data.loader import PerSample, TensorLoader, autoaugment_cifar10, chain, cut
 from data.registry import DATASETS, build_dataset
 from data.synthetic import synthetic_classification, synthetic_regression
 
-REAL_CIFAR_TARBALL = Path("/work/shared/data/cifar10-images.tar.gz")
+REAL_CIFAR_TARBALL = Path(
+    os.environ.get("EVA_CIFAR10_TARBALL")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"
+)
+"""The real CIFAR-10 JPEG tarball: ``$EVA_CIFAR10_TARBALL``, else ``../shared/data/`` next to the
+repository (where ``scripts/repro/run.py`` looks too)."""
 CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
@@ -278,7 +283,10 @@ def test_extract_cifar10_images_subset_and_atomic(tmp_path):
         extract_cifar10_images(tmp_path / "missing.tar.gz", tmp_path / "other")
 
 
-@pytest.mark.skipif(not REAL_CIFAR_TARBALL.is_file(), reason=f"{REAL_CIFAR_TARBALL} not present")
+@pytest.mark.skipif(
+    not REAL_CIFAR_TARBALL.is_file(),
+    reason=f"CIFAR-10 JPEG tarball not found at {REAL_CIFAR_TARBALL} (set EVA_CIFAR10_TARBALL)",
+)
 def test_real_cifar10_tarball_subset(tmp_path):
     dest = extract_cifar10_images(REAL_CIFAR_TARBALL, tmp_path / "cifar", per_class=2)
     for split in ("train", "test"):

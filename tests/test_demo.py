@@ -1,4 +1,4 @@
-"""Runs the main job (scripts/demo.py) tiny, as a user would, and checks what it writes."""
+"""Runs the main job (``python -m scripts.demo``) tiny, as a user would; checks what it writes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from harness.optimizers import compose_optimizer
+from scripts.demo import OVERRIDES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +25,7 @@ def test_demo_runs_all_optimizers_and_writes_json_and_png(tmp_path: Path) -> Non
     out = tmp_path / "demo"
     args = ["--epochs", "2", "--train-size", "500", "--batch-size", "250", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "scripts/demo.py", *args, "--optimizers", "sgd,eva,kfac"],
+        [sys.executable, "-m", "scripts.demo", *args, "--optimizers", "sgd,eva,kfac"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -30,7 +34,7 @@ def test_demo_runs_all_optimizers_and_writes_json_and_png(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "demo.json").read_text())
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert record["command"].startswith("python scripts/demo.py --epochs 2")
+    assert record["command"].startswith("python -m scripts.demo --epochs 2")
     assert record["machine"]["torch"] and record["machine"]["cpu_count"]
     assert list(record["results"]) == ["sgd", "eva", "kfac"]
     for name, run in record["results"].items():
@@ -40,11 +44,33 @@ def test_demo_runs_all_optimizers_and_writes_json_and_png(tmp_path: Path) -> Non
         assert name in proc.stdout
     first = {run["step_losses"][0] for run in record["results"].values()}
     assert len(first) == 1  # same initial weights and first batch for every optimizer
+    committed = json.loads((REPO_ROOT / "results" / "demo" / "demo.json").read_text())["results"]
+    for name, run in record["results"].items():
+        # the settings are conf/optimizer's under the demo's overrides ...
+        settings = compose_optimizer(name, OVERRIDES)
+        pre = settings.preconditioner
+        expected = {} if pre is None else OmegaConf.to_container(pre, resolve=True)
+        assert run["preconditioner"] == {k: v for k, v in expected.items() if k != "_target_"}
+        assert (run["lr"], run["momentum"], run["weight_decay"]) == (
+            settings.lr,
+            settings.momentum,
+            settings.weight_decay,
+        )
+        # ... and those of the committed record (keys it lacks take the library's default, None)
+        old = committed[name]
+        assert (run["lr"], run["momentum"], run["weight_decay"]) == (
+            old["lr"],
+            old["momentum"],
+            old.get("weight_decay", 0.0),
+        )
+        assert {k: v for k, v in run["preconditioner"].items() if v is not None} == old[
+            "preconditioner"
+        ], name
 
 
 def test_demo_rejects_unknown_optimizer_in_one_line() -> None:
     proc = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--optimizers", "adam"],
+        [sys.executable, "-m", "scripts.demo", "--optimizers", "adam"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -198,7 +198,7 @@ def test_lm_smoke_scale_runs_and_renders_end_to_end(tmp_path):
     """SCALE=smoke, two runs at a time: every setting's sweep, its second seed, the step-time
     benchmark and the render; a rerun only re-renders."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    command = [sys.executable, "scripts/reproduce.py", "lm", "--scale", "smoke", "--jobs", "2"]
+    command = [sys.executable, "-m", "scripts.reproduce", "lm", "--scale", "smoke", "--jobs", "2"]
     command += ["--results", str(tmp_path), "-o", "logger.wandb=false"]
     start = time.monotonic()
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -123,7 +123,7 @@ def test_jobs_run_side_by_side_end_to_end(tmp_path):
     """The command line: Fig. 3 at SCALE=smoke with two runs at a time; records, per-run logs,
     the rendered figure; a second call has nothing left to run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "scripts/reproduce.py", "fig3", "--scale", "smoke", "--jobs", "2"]
+    command = [sys.executable, "-m", "scripts.reproduce", "fig3", "--scale", "smoke", "--jobs", "2"]
     command += ["--results", str(tmp_path), "-o", "logger.wandb=false"]
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

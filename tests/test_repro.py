@@ -99,7 +99,7 @@ def test_shared_runs_are_one_directory():
 def test_unknown_target_or_scale_is_one_line():
     for args in (["table11"], ["table4", "--scale", "huge"]):
         proc = subprocess.run(
-            [sys.executable, "scripts/reproduce.py", *args],
+            [sys.executable, "-m", "scripts.reproduce", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -358,7 +358,7 @@ def test_table5_from_a_benchmark_record(tmp_path):
 def test_smoke_scale_runs_and_renders_every_target(tmp_path):
     """SCALE=smoke: every target trains (or benchmarks) and renders; a rerun only re-renders."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    command = [sys.executable, "scripts/reproduce.py", "all", "--scale", "smoke"]
+    command = [sys.executable, "-m", "scripts.reproduce", "all", "--scale", "smoke"]
     command += ["--results", str(tmp_path), "-o", "logger.wandb=false"]
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -393,3 +393,14 @@ def test_wandb_offline_writes_offline_run_without_network(cli, tiny, tmp_path):
     assert not [p for p in tmp_path.rglob("run-*") if p.is_dir()]  # no online run
     assert record_of(run_dir)["status"] == "completed"
     assert elapsed < 60  # no network waits (init_timeout alone is 30 s)
+
+
+def test_usage_examples_in_the_docstring_compose(compose):
+    """Every ``train.py ...`` example in train.py's docstring names configs that exist."""
+    lines = [line for line in train.__doc__.splitlines() if " train.py " in line]
+    examples = [line.split(" train.py ", 1)[1].split("#")[0].split() for line in lines]
+    assert len(examples) >= 3
+    for example in examples:
+        # a sweep's first value stands for the sweep (compose takes one run's overrides)
+        overrides = [arg.split(",")[0] for arg in example if "=" in arg]
+        validate(compose(overrides))

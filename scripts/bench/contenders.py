@@ -10,27 +10,17 @@ benchmark's ``--mfac-grads``. Every other setting is conf/optimizer's.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import eva
-from harness.optimizers import build_optimizer
+from harness.optimizers import CONF_DIR, build_optimizer, compose_config, compose_optimizer
 from scripts.bench.communication import CountingReducer
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """``conf/config.yaml`` with ``overrides``, as ``python train.py <overrides>`` composes it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def optimizer_names() -> list[str]:
@@ -41,7 +31,7 @@ def optimizer_names() -> list[str]:
 @functools.cache
 def optimizer_config(name: str) -> DictConfig:
     """The composed ``optimizer`` group of ``name``, defaults only (cached; do not modify)."""
-    return compose_config([f"optimizer={name}"]).optimizer
+    return compose_optimizer(name)
 
 
 def is_first_order(name: str) -> bool:

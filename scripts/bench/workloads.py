@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from harness.distributed import Workers, resolve_device
+from harness.optimizers import compose_config
 from models.autoencoder import reconstruction_loss
 from models.registry import build_model
-from scripts.bench.contenders import Contender, compose_config
+from scripts.bench.contenders import Contender
 
 IMAGENET_SIZES = {"resnet50": 224, "inception_v4": 299, "vit_b16": 224, "efficientnet_b0": 224}
 """ImageNet models and their input resolution (Inception-v4 takes 299×299)."""

@@ -12,17 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from scripts.repro.grids import Target  # noqa: E402
-from scripts.repro.records import Run, cell, paper_value, select  # noqa: E402
-from scripts.repro.run import Layout  # noqa: E402
-from scripts.repro.tables import difference, name, verdict  # noqa: E402
+from scripts.repro.grids import Target
+from scripts.repro.records import Run, cell, paper_value, select
+from scripts.repro.run import Layout
+from scripts.repro.tables import difference, name, verdict
 
 STYLE = {
     "sgd": ("tab:blue", "o"),
@@ -80,7 +76,8 @@ def _legend(ax: Axes, **options: object) -> None:
 
 
 def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9) -> tuple[Figure, list]:
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))  # no pyplot: no GUI backend, no registry
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
     return fig, [list(r) for r in axes]
@@ -396,12 +393,11 @@ def draw(
 
 
 def save(figure: Figure, out: Path, stem: str) -> list[Path]:
-    """Write ``out/<stem>.png`` and ``.pdf`` and close the figure; returns the paths."""
+    """Write ``out/<stem>.png`` and ``.pdf``; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):
         path = out / f"{stem}{suffix}"
         figure.savefig(path, dpi=150, bbox_inches="tight")
         paths.append(path)
-    plt.close(figure)
     return paths

@@ -57,7 +57,7 @@ def header(target: Target, runs: list[Run], layout: Layout, notes: list[str]) ->
         f"**What ran:** {target.what_ran}.",
         "",
         f"**Command:** `make {target.name} SCALE={target.scale}` "
-        f"(= `python scripts/reproduce.py {target.name} --scale {target.scale}`).",
+        f"(= `python -m scripts.reproduce {target.name} --scale {target.scale}`).",
         "",
         _status_line(target, runs, layout),
     ]
