@@ -38,7 +38,7 @@ from harness.config import ConfigError, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
 from harness.optimizers import build_optimizer
 from harness.pipeline import Data, build_data
-from harness.records import RunRecord, finished_run
+from harness.records import RunRecord, command_line, finished_run
 from harness.schedules import build_schedule
 from harness.wandb_logger import WandbLogger
 from models.autoencoder import reconstruction_loss
@@ -307,7 +307,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if record:
         device = workers.device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        record.start(resolved, " ".join(sys.argv), resumed, device=name)
+        record.start(resolved, command_line(sys.argv), resumed, device=name)
     metrics: dict[str, float] = {}
     try:
         while run.epoch < cfg.trainer.epochs:

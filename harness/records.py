@@ -39,6 +39,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_line(argv: list[str], root: Path = REPO_ROOT) -> str:
+    """The command that started a run, with paths inside the repository written relative to it
+    (``train.py …``, ``out_root=results/runs/cpu``), so that records carry no machine paths."""
+    prefix = f"{root}/"
+    return " ".join(arg.replace(prefix, "") for arg in argv)
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The current commit hash (with ``-dirty`` when the tree has changes), or ``None``.
 

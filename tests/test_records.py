@@ -182,3 +182,15 @@ def test_failing_save_keeps_previous_checkpoint(tmp_path, monkeypatch, error):
     assert files(tmp_path) == ["checkpoint.pt"]
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(5.0))
+
+
+def test_command_line_writes_repository_paths_relative(tmp_path):
+    """A run's recorded command names the script and in-repository paths relative to the
+    repository (records are committed; machine paths are not)."""
+    from harness.records import command_line
+
+    root = tmp_path / "checkout"
+    argv = [f"{root}/train.py", "-m", f"out_root={root}/results/runs/cpu", "dataset.root=/data/x"]
+    assert command_line(argv, root) == (
+        "train.py -m out_root=results/runs/cpu dataset.root=/data/x"
+    )
