@@ -31,12 +31,8 @@ from data.loader import PerSample, TensorLoader, autoaugment_cifar10, chain, cut
 from data.registry import DATASETS, build_dataset
 from data.synthetic import synthetic_classification, synthetic_regression
 
-REAL_CIFAR_TARBALL = Path(
-    os.environ.get("EVA_CIFAR10_TARBALL")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"
-)
-"""The real CIFAR-10 JPEG tarball: ``$EVA_CIFAR10_TARBALL``, else ``../shared/data/`` next to the
-repository (where ``scripts/repro/run.py`` looks too)."""
+REAL_CIFAR_TARBALL = Path(os.environ.get("EVA_CIFAR10_TARBALL") or "cifar10-images.tar.gz")
+"""The real CIFAR-10 JPEG tarball: ``$EVA_CIFAR10_TARBALL`` (as for ``scripts/repro/run.py``)."""
 CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 

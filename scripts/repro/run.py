@@ -72,20 +72,16 @@ def cifar10_images_overrides() -> list[str] | None:
     """Where the CIFAR-10 JPEG copy comes from: ``[]`` if unpacked already, the tarball's
     override if one is found, None if neither (then CIFAR-10 runs cannot run here).
 
-    Looks at ``$EVA_DATA/cifar10-images`` (or ``~/datasets/cifar10-images``), then at
-    ``$EVA_CIFAR10_TARBALL`` and ``../shared/data/cifar10-images.tar.gz`` next to the repository.
+    Looks at ``$EVA_DATA/cifar10-images`` (or ``~/datasets/cifar10-images``), then at the
+    tarball ``$EVA_CIFAR10_TARBALL`` names.
     """
     from data.registry import default_root
 
     if (default_root() / "cifar10-images").is_dir():
         return []
-    candidates = [
-        os.environ.get("EVA_CIFAR10_TARBALL"),
-        ROOT.parent / "shared/data/cifar10-images.tar.gz",
-    ]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return [f"dataset.tarball={Path(path).resolve()}"]
+    path = os.environ.get("EVA_CIFAR10_TARBALL")
+    if path and Path(path).is_file():
+        return [f"dataset.tarball={Path(path).resolve()}"]
     return None
 
 
