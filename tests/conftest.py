@@ -28,22 +28,8 @@ from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-
-TINY = (
-    "model=resnet20",
-    "dataset=synthetic",
-    "dataset.input_shape=[3,8,8]",
-    "dataset.num_train=32",
-    "dataset.num_test=16",
-    "trainer.batch_size=8",
-    "trainer.eval_batch_size=16",
-    "trainer.device=cpu",
-    "trainer.progress=false",
-    "logger.wandb=false",
-)
-"""A run of 4 steps per epoch that takes milliseconds per step on one CPU thread."""
+from tests.repository import CONF as CONF_DIR
+from tests.repository import ROOT, TINY
 
 
 @pytest.fixture

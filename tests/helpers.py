@@ -198,3 +198,40 @@ def assert_runs_close(got: list[list[Any]], want: list[list[Any]], **tolerance: 
                 assert g is None
             else:
                 torch.testing.assert_close(g, w, **tolerance)
+
+
+def _shift_output_gradient(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+    output.register_hook(lambda g: g + 1.0)
+
+
+class ConvBN(nn.Module):
+    """conv → BN → ReLU → conv → BN → flatten → linear → BN1d → linear, with optional twists
+    on the first convolution's output (``use``)."""
+
+    def __init__(self, use: str = "plain", bn: type[nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.use = use
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = bn(4)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc1 = nn.Linear(4 * 4 * 4, 5)
+        self.bn3 = nn.BatchNorm1d(5)
+        self.fc2 = nn.Linear(5, 2)
+        if use == "grad_hook":  # runs before the preconditioner's hooks (registered earlier)
+            self.conv1.register_forward_hook(_shift_output_gradient)
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = self.conv1(x)
+        if self.use == "inplace_before_bn":
+            o = o.mul_(2.0)
+        y = torch.relu(self.bn1(o))
+        if self.use == "second_consumer":  # a residual use of the raw convolution output
+            y = y + 0.5 * o.tanh()
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return self.fc2(torch.relu(self.bn3(self.fc1(y.flatten(1)))))
+
+
+def fresh(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return build()

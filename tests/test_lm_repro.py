@@ -18,9 +18,9 @@ from scripts.repro.grids import SCALES, target
 from scripts.repro.render import render
 from scripts.repro.run import Layout, pending
 from scripts.repro.tuning import chosen_lr, swept_rates
+from tests.repository import ROOT
 from tests.test_repro import fabricate
 
-ROOT = Path(__file__).resolve().parents[1]
 ADAMW_LRS, SGD_LRS = (0.001, 0.002, 0.004), (0.03, 0.1, 0.3)
 LABELS = (
     "optimizer=adamw",

@@ -21,8 +21,8 @@ from scripts.repro.grids import SCALES, TARGETS, Sweep, fmt, run_dirname, target
 from scripts.repro.render import render
 from scripts.repro.run import EXCLUDE_KEYS, Layout, pending
 from scripts.repro.tuning import chosen_lr
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "paper" / "eva-paper.txt"
 
 

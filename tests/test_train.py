@@ -22,11 +22,10 @@ from omegaconf import OmegaConf
 import train
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError, validate
-from tests.conftest import TINY
+from tests.repository import CONF, TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 
 # The autoencoder on 64-dim synthetic vectors: Linear layers only, fast even under bf16 autocast.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from scripts.bench.report import render
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 RECORDS = sorted((ROOT / "results" / "bench").glob("steptime-*.json"))
 
 

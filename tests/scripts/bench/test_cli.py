@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from models.registry import build_model
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ALL = "sgd,adagrad,adamw,kfac@1,kfac@10,foof,shampoo@1,shampoo@10,mfac,eva,eva_f,eva_s"
 GRADIENT_BASED = ("shampoo@1", "shampoo@10", "mfac", "eva_s")
 

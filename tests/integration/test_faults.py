@@ -1,5 +1,5 @@
 """A worker that dies or hangs mid-training makes the other one exit, non-zero, within
-``trainer.dist_timeout_s`` (2 workers, gloo, CPU, the synthetic autoencoder of test_torchrun.py).
+``trainer.dist_timeout_s`` (2 workers, gloo, CPU, the synthetic autoencoder of tests/integration/launch.py).
 
 The failure is injected with ``EVA_FAULT_AT_STEP=RANK:STEP[:MODE]`` (harness/distributed.py):
 worker 1 exits abruptly (``exit``: ``os._exit``, its sockets close) or freezes (``stop``:
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.distributed import FAULT_ENV, FAULT_EXIT_CODE, _install_fault
-from tests.test_torchrun import ARGS, ROOT, _env, _free_port, _torchrun
+from harness.distributed import FAULT_ENV, FAULT_EXIT_CODE
+from tests.integration.launch import ARGS, _env, _free_port, _torchrun
+from tests.repository import ROOT
 
 TIMEOUT_S = 10
 """trainer.dist_timeout_s in these runs. It also bounds the rendezvous, so it leaves room for
@@ -148,21 +149,3 @@ def test_torchrun_stops_the_job_when_a_worker_dies(tmp_path: Path) -> None:
     # worker 0 ended without completing the run (it fails or the agent stops it, whichever is
     # first; so no record status is asserted)
     assert "done: run" not in proc.stdout
-
-
-@pytest.mark.parametrize("spec", ["1", "1:x", "a:3", "1:3:crash", "1:2:3:4"])
-def test_bad_fault_spec_is_one_clear_error(monkeypatch, spec: str) -> None:
-    monkeypatch.setenv(FAULT_ENV, spec)
-    with pytest.raises(ValueError, match=rf"{FAULT_ENV} must be RANK:STEP"):
-        _install_fault(0)
-
-
-def test_fault_spec_for_another_rank_does_nothing(monkeypatch) -> None:
-    """Only the named worker is armed (this process is rank 0; nothing is registered)."""
-    import torch.optim.optimizer as optim_module
-
-    hooks = optim_module._global_optimizer_post_hooks
-    before = dict(hooks)
-    monkeypatch.setenv(FAULT_ENV, "1:1")
-    _install_fault(0)
-    assert dict(hooks) == before

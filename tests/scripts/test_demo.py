@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from harness.optimizers import compose_optimizer
 from scripts.demo import OVERRIDES
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.repository import ROOT as REPO_ROOT
 
 
 @pytest.mark.skipif(

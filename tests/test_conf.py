@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +17,10 @@ from harness.config import validate
 from harness.distributed import Workers
 from harness.pipeline import build_data
 from models.registry import build_model
+from tests.repository import CONF
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "dataset", "optimizer", "schedule", "trainer", "logger", "experiment")
 NAMED_GROUPS = ("model", "dataset", "optimizer", "schedule")  # their `name` is the file's stem
 CPU = Workers(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -15,8 +15,16 @@ from torch.utils.checkpoint import checkpoint
 import eva.capture
 from eva import Eva, statistics
 from eva.saved_input import HeldInput, saved_by_autograd
-from tests.helpers import DTYPE, TinyCNN, forward_backward, image_batches, make_model, sgd
-from tests.test_batchnorm import ConvBN, fresh
+from tests.helpers import (
+    DTYPE,
+    ConvBN,
+    TinyCNN,
+    forward_backward,
+    fresh,
+    image_batches,
+    make_model,
+    sgd,
+)
 
 RUNNING_AVG = 0.95  # Eva's default ξ
 

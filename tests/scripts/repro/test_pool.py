@@ -6,15 +6,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from harness.records import RunRecord, finished_run
 from scripts.repro import pool as repro_pool
 from scripts.repro.grids import target
 from scripts.repro.run import Layout
 from scripts.repro.tuning import chosen_lr
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.repository import ROOT
 
 
 class Finished:

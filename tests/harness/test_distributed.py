@@ -1,34 +1,31 @@
-"""Cluster recipes: they cannot run here (no Slurm, one machine), so check that they compose,
-parse, and that Slurm's environment becomes torch.distributed's."""
+"""``harness.distributed``: the fault injection of ``EVA_FAULT_AT_STEP`` (its end-to-end effect on
+2 workers is tests/integration/test_faults.py) and Slurm's environment as torch.distributed's."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from harness.distributed import _export_slurm_environment
-
-ROOT = Path(__file__).resolve().parents[1]
+from harness.distributed import FAULT_ENV, _export_slurm_environment, _install_fault
 
 
-def test_submitit_slurm_launcher_composes() -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm_8x4"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (8, 4, 4)
+@pytest.mark.parametrize("spec", ["1", "1:x", "a:3", "1:3:crash", "1:2:3:4"])
+def test_bad_fault_spec_is_one_clear_error(monkeypatch, spec: str) -> None:
+    monkeypatch.setenv(FAULT_ENV, spec)
+    with pytest.raises(ValueError, match=rf"{FAULT_ENV} must be RANK:STEP"):
+        _install_fault(0)
 
 
-@pytest.mark.parametrize("script", ["launch_multinode.sh", "slurm_8x4.sbatch"])
-def test_launch_scripts_parse(script: str) -> None:
-    path = ROOT / "scripts" / script
-    assert os.access(path, os.X_OK)
-    subprocess.run(["bash", "-n", str(path)], check=True)
-    assert "torch.distributed.run" in path.read_text() and "train.py" in path.read_text()
+def test_fault_spec_for_another_rank_does_nothing(monkeypatch) -> None:
+    """Only the named worker is armed (this process is rank 0; nothing is registered)."""
+    import torch.optim.optimizer as optim_module
+
+    hooks = optim_module._global_optimizer_post_hooks
+    before = dict(hooks)
+    monkeypatch.setenv(FAULT_ENV, "1:1")
+    _install_fault(0)
+    assert dict(hooks) == before
 
 
 def test_slurm_tasks_become_torch_distributed_env(monkeypatch: pytest.MonkeyPatch) -> None:
