@@ -7,6 +7,9 @@ positions — a path that shares nothing with the library's hooks or its unfold-
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -106,3 +109,106 @@ def dense_solve(c: Tensor, g: Tensor) -> Tensor:
 def eye(n: int) -> Tensor:
     """Identity in float64."""
     return torch.eye(n, dtype=torch.float64)
+
+
+def explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom), derived from the module's attributes."""
+    if isinstance(conv.padding, str):
+        assert conv.padding == "same"
+        pads = []
+        for k, d in zip(conv.kernel_size, conv.dilation):
+            total = d * (k - 1)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        return left, right, top, bottom
+    ph, pw = conv.padding
+    return pw, pw, ph, ph
+
+
+def im2col_rows(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """Explicit im2col by looping over output positions: shape (N, H_out, W_out, C·kh·kw)."""
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    xp = F.pad(x, explicit_padding(conv), mode=mode)
+    (kh, kw), (dh, dw), (sh, sw) = conv.kernel_size, conv.dilation, conv.stride
+    h_out = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    rows = torch.empty(x.shape[0], h_out, w_out, x.shape[1] * kh * kw, dtype=x.dtype)
+    for n in range(x.shape[0]):
+        for i in range(h_out):
+            for j in range(w_out):
+                patch = xp[n, :, i * sh : i * sh + dh * (kh - 1) + 1 : dh,
+                           j * sw : j * sw + dw * (kw - 1) + 1 : dw]  # fmt: skip
+                rows[n, i, j] = patch.reshape(-1)
+    return rows
+
+
+LAYERS = ("conv1", "conv2", "fc1", "fc2")
+
+
+Reference = Callable[[int, RecordingNet, dict[str, Tensor], dict], dict[str, Tensor]]
+
+
+def ema(state: dict, key: object, value: Tensor, xi: float | None) -> Tensor:
+    """Eq. 14–15 (``xi=None``: running sum); the first value is taken as is."""
+    if key not in state:
+        state[key] = value.clone()
+    elif xi is None:
+        state[key] = state[key] + value
+    else:
+        state[key] = xi * value + (1 - xi) * state[key]
+    return state[key]
+
+
+def reference_scaling(kind: str | None, p: dict, g: dict, lr: float, kappa: float) -> dict:
+    """Eq. 16, KL normalization and grafting, with Python floats."""
+    kl = sum(float((p[n] * g[n]).sum()) for n in p)
+    if kind == "kl_clip":
+        nu = min(1.0, math.sqrt(kappa / (lr**2 * kl)))
+        return {n: nu * p[n] for n in p}
+    if kind == "kl_norm":
+        return {n: p[n] / math.sqrt(kl) for n in p}
+    if kind == "graft":
+        return {n: p[n] * (g[n].norm() / p[n].norm()) for n in p}
+    return p
+
+
+def run(
+    cls: type,
+    reference: Reference,
+    *,
+    steps: int = 5,
+    bias: bool = True,
+    weight_only: bool = False,
+    lr: float = 0.05,
+    ref_scaling: str | None = None,
+    **kwargs: object,
+) -> None:
+    """Train ``steps`` steps; after each ``pre.step()`` compare every layer with the reference."""
+    torch.manual_seed(0)
+    net = RecordingNet(bias=bias)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    pre = cls(net, opt, **kwargs)
+    ref_state: dict = {}
+    gen = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        x = torch.randn(6, 3, 9, 8, generator=gen, dtype=torch.float64)
+        target = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        F.mse_loss(net(x), target).backward()
+        if weight_only:
+            grads = {n: getattr(net, n).weight.grad.clone() for n in LAYERS}
+            biases = {n: getattr(net, n).bias for n in LAYERS}
+            raw_bias = {n: b.grad.clone() for n, b in biases.items() if b is not None}
+        else:
+            grads = {n: grad_matrix(getattr(net, n)) for n in LAYERS}
+        expected = reference(t, net, grads, ref_state)
+        expected = reference_scaling(ref_scaling, expected, grads, lr, kwargs.get("kl_clip", 0.0))
+        pre.step()
+        for n in LAYERS:
+            layer = getattr(net, n)
+            got = layer.weight.grad if weight_only else grad_matrix(layer)
+            torch.testing.assert_close(got, expected[n], rtol=1e-8, atol=1e-12, msg=f"{n} t={t}")
+        if weight_only:
+            for n, b in raw_bias.items():
+                assert torch.equal(biases[n].grad, b), f"bias of {n} must stay first-order"
+        opt.step()

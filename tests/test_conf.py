@@ -237,3 +237,10 @@ def test_multirun_sweep_writes_one_directory_per_job(cli, tiny, tmp_path):
     assert dampings == {0.003, 0.03}
     assert (out / "adhoc" / "multirun.yaml").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing written to the cwd
+
+
+def test_finetune_preset_resizes_to_224(compose):
+    assert compose().dataset.get("resize") is None  # other presets keep the data's size
+    for overrides in ([], ["dataset=cifar100", "model=vit_b16"]):
+        cfg = compose(["experiment=finetune", *overrides])
+        assert cfg.group == "finetune" and cfg.dataset.resize == 224

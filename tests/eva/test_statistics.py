@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from eva import statistics
+import eva
+from eva import Eva, statistics
 from eva.statistics import batch_mean, grad_mean, input_mean, patches
+from tests.dense_reference import im2col_rows
+from tests.helpers import (
+    DTYPE,
+    sgd,
+)
 
 CONVS = [
     dict(kernel_size=3, padding=1),
@@ -109,3 +115,72 @@ def test_mean_plan_fits_only_inputs_like_its_own(fresh_operators):
         assert not plan.fits(x)
     huge = torch.zeros(1, 1, 1100, 1100)  # patch operator above PATCH_MATRIX_MAX: two axis matrices
     assert statistics.mean_plan(nn.Conv2d(1, 1, 3, padding=1), huge) is None
+
+
+CONV_CONFIGS = {
+    "dilation": dict(kernel_size=3, dilation=2, padding=2),
+    "same-even": dict(kernel_size=(2, 3), padding="same"),
+    "same-dilated": dict(kernel_size=(3, 2), padding="same", dilation=(2, 3)),
+    "reflect": dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    "replicate-nobias": dict(kernel_size=3, padding=(2, 1), padding_mode="replicate", bias=False),
+    "circular-strided": dict(kernel_size=3, padding=(1, 2), padding_mode="circular", stride=2),
+    "strided": dict(kernel_size=(3, 2), padding=(2, 1), stride=(2, 1), dilation=(1, 2)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("config", list(CONV_CONFIGS))
+def test_conv_statistics_match_explicit_im2col(config):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, **CONV_CONFIGS[config]).to(DTYPE)
+    model = nn.Sequential(conv)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 2, 7, 8, generator=g, dtype=DTYPE)
+
+    rows = im2col_rows(conv, x)
+    out = model(x)
+    # the explicit im2col reproduces the convolution, so it is the layer's patch layout
+    explicit = rows @ conv.weight.reshape(3, -1).t()
+    if conv.bias is not None:
+        explicit = explicit + conv.bias
+    torch.testing.assert_close(explicit.permute(0, 3, 1, 2), out, rtol=1e-12, atol=1e-12)
+
+    flat = rows.reshape(-1, rows.shape[-1])
+    if conv.bias is not None:
+        flat = torch.cat([flat, torch.ones(flat.shape[0], 1, dtype=DTYPE)], dim=1)
+    a_mean = flat.mean(dim=0)
+    target = torch.randn(out.shape, generator=g, dtype=DTYPE)  # d loss / d out = target
+
+    pre = Eva(model, sgd(model))
+    kfac = {cf: eva.KFAC(model, sgd(model), update_interval=1, conv_factors=cf)
+            for cf in ("reduce", "expand")}  # fmt: skip
+    (model(x) * target).sum().backward()
+    pre.step()
+    for k in kfac.values():
+        k.step()
+
+    torch.testing.assert_close(pre.state["0"]["a_mean"], a_mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        pre.state["0"]["g_mean"], target.mean(dim=(0, 2, 3)), rtol=1e-12, atol=1e-14
+    )
+
+    # factors (no batch-mean shortcut): per-position rows vs per-sample spatial means
+    per_sample = rows.flatten(1, 2)  # (N, L, d)
+    if conv.bias is not None:
+        per_sample = torch.cat(
+            [per_sample, torch.ones(*per_sample.shape[:2], 1, dtype=DTYPE)], dim=2
+        )
+    expand = per_sample.flatten(0, 1)
+    reduce = per_sample.mean(dim=1)
+    torch.testing.assert_close(
+        kfac["expand"].state["0"]["a_factor"],
+        expand.t() @ expand / expand.shape[0],
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    torch.testing.assert_close(
+        kfac["reduce"].state["0"]["a_factor"],
+        reduce.t() @ reduce / reduce.shape[0],
+        rtol=1e-12,
+        atol=1e-14,
+    )

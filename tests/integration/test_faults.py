@@ -1,5 +1,6 @@
 """A worker that dies or hangs mid-training makes the other one exit, non-zero, within
-``trainer.dist_timeout_s`` (2 workers, gloo, CPU, the synthetic autoencoder of tests/integration/launch.py).
+``trainer.dist_timeout_s`` (2 workers, gloo, CPU, the synthetic
+autoencoder of tests/integration/launch.py).
 
 The failure is injected with ``EVA_FAULT_AT_STEP=RANK:STEP[:MODE]`` (harness/distributed.py):
 worker 1 exits abruptly (``exit``: ``os._exit``, its sockets close) or freezes (``stop``:

@@ -1,0 +1,39 @@
+"""``harness.pipeline``: the data a run is built from (``build_data``, ``subset``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.distributed import Workers
+from harness.pipeline import build_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU = Workers(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def test_harness_resizes_any_in_memory_dataset_for_a_model_of_that_size():
+    import timm
+
+    trainer = OmegaConf.create({"batch_size": 4, "eval_batch_size": 2, "num_workers": 0})
+    options = {"name": "synthetic", "num_train": 8, "num_test": 4, "input_shape": [3, 8, 8]}
+    data = build_data(OmegaConf.create({**options, "resize": 16}), trainer, CPU, seed=0)
+    xb, _ = next(iter(data.train))
+    xt, _ = next(iter(data.test))
+    assert xb.shape == (4, 3, 16, 16) and xt.shape == (2, 3, 16, 16)
+    # a ViT built for 16×16 inputs takes the resized batches; it refuses the 8×8 ones
+    vit = timm.create_model(
+        "vit_base_patch16_224",
+        img_size=16,
+        patch_size=8,
+        embed_dim=8,
+        depth=1,
+        num_heads=1,
+        num_classes=10,
+    )
+    assert vit(xb).shape == (4, 10)
+    plain = build_data(OmegaConf.create(options), trainer, CPU, seed=0)
+    with pytest.raises(AssertionError, match="doesn't match model"):
+        vit(next(iter(plain.train))[0])
