@@ -235,3 +235,7 @@ class ConvBN(nn.Module):
 def fresh(build: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     return build()
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

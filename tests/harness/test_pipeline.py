@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.distributed import Workers
-from harness.pipeline import build_data
+from harness.pipeline import build_data, subset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,3 +37,14 @@ def test_harness_resizes_any_in_memory_dataset_for_a_model_of_that_size():
     plain = build_data(OmegaConf.create(options), trainer, CPU, seed=0)
     with pytest.raises(AssertionError, match="doesn't match model"):
         vit(next(iter(plain.train))[0])
+
+
+def test_subset_is_fixed_and_keeps_autoencoder_identity():
+    x, y = torch.arange(100.0).view(100, 1), torch.arange(100)
+    a, b = subset((x, y), 10, "train_subset"), subset((x, y), 10, "train_subset")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0].view(-1).long(), a[1])
+    assert len(set(a[1].tolist())) == 10
+    picked = subset((x, x), 5, "train_subset")
+    assert picked[0] is picked[1]
+    with pytest.raises(ValueError, match="train_subset"):
+        subset((x, y), 101, "train_subset")

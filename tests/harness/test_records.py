@@ -1,17 +1,15 @@
-"""``harness.records.RunRecord`` and ``harness.checkpoint``: round trips, atomic replacement,
-resume semantics, RNG states."""
+"""``harness.records.RunRecord``: round trips, atomic replacement, resume semantics, the command
+line and commit a record keeps.
+"""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
-import torch
 
 import harness.checkpoint
 import harness.records
-from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.records import RunRecord, atomic_write_text
 
 CONFIG = {"optimizer": {"name": "eva", "lr": 0.1}, "trainer": {"epochs": 3}}
@@ -130,58 +128,6 @@ def test_git_commit_is_a_hash_or_none(tmp_path, monkeypatch):
 def test_git_commit_given_by_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("EVA_GIT_COMMIT", "0123abc")
     assert harness.records.git_commit(tmp_path) == "0123abc"
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def draws() -> tuple[list[float], torch.Tensor]:
-    return [random.random() for _ in range(3)], torch.rand(4)
-
-
-def test_rng_state_round_trip_in_memory():
-    state = rng_state()
-    first = draws()
-    set_rng_state(state)
-    second = draws()
-    assert first[0] == second[0] and torch.equal(first[1], second[1])
-
-
-def test_checkpoint_round_trip_reproduces_random_numbers(tmp_path):
-    model = torch.nn.Linear(3, 2)
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "rng": rng_state(), "epoch": 4})
-    expected = draws()
-    random.seed(123)
-    torch.manual_seed(123)
-    state = load_checkpoint(path)
-    assert state["epoch"] == 4
-    assert all(torch.equal(state["model"][k], v) for k, v in model.state_dict().items())
-    set_rng_state(state["rng"])
-    got = draws()
-    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
-    assert files(tmp_path) == ["checkpoint.pt"]
-
-
-@pytest.mark.parametrize("error", [RuntimeError("no space left"), KeyboardInterrupt()])
-def test_failing_save_keeps_previous_checkpoint(tmp_path, monkeypatch, error):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.arange(5.0)})
-    before = path.read_bytes()
-    real_save = torch.save
-
-    def half_then_fail(obj, f, *args, **kwargs):
-        real_save({"epoch": 2, "w": torch.zeros(5)}, f, *args, **kwargs)
-        with open(f, "r+b") as stream:  # leave a truncated file behind, as a crash would
-            stream.truncate(10)
-        raise error
-
-    monkeypatch.setattr(harness.checkpoint.torch, "save", half_then_fail)
-    with pytest.raises(type(error)):
-        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(5)})
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert files(tmp_path) == ["checkpoint.pt"]
-    state = load_checkpoint(path)
-    assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(5.0))
 
 
 def test_command_line_writes_repository_paths_relative(tmp_path):
