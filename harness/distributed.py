@@ -37,7 +37,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def _export_slurm_environment() -> None:
+def export_slurm_environment() -> None:
     """In a task started by submitit (Hydra's submitit launcher) rather than torchrun: derive RANK,
     WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the Slurm job."""
     from submitit.helpers import TorchDistributedEnvironment
@@ -53,7 +53,7 @@ process at once with status :data:`FAULT_EXIT_CODE`, without any cleanup, as a k
 FAULT_EXIT_CODE = 43
 
 
-def _install_fault(rank: int) -> None:
+def install_fault(rank: int) -> None:
     """Arm :data:`FAULT_ENV` for this worker, if it names this rank: a global optimizer-step
     post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``) counts the steps,
     so the training loop itself carries no test code."""
@@ -85,19 +85,19 @@ def setup_workers(device: str = "auto", timeout_s: float = 300.0) -> Workers:
     """Read ``torchrun``'s (or Slurm's) environment and join the process group when there are
     several workers.
 
-    ``timeout_s`` bounds the rendezvous and every collective of the process group (gloo honours
-    it, tested in ``tests/test_faults.py``; for NCCL it is the watchdog's limit): a worker that
-    dies makes the others' next collective fail, at once if its connections close, after
-    ``timeout_s`` seconds if it hangs, instead of hanging forever. :data:`FAULT_ENV` (tests
-    only) makes one worker fail on purpose.
+    ``timeout_s`` bounds the rendezvous and every collective of the process group (gloo
+    honours it, tested in ``tests/integration/test_faults.py``; for NCCL it is the watchdog's
+    limit): a worker that dies makes the others' next collective fail, at once if its
+    connections close, after ``timeout_s`` seconds if it hangs, instead of hanging forever.
+    :data:`FAULT_ENV` (tests only) makes one worker fail on purpose.
     """
     if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-        _export_slurm_environment()
+        export_slurm_environment()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    _install_fault(rank)
+    install_fault(rank)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

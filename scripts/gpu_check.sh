@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a CUDA machine whose python3 already has torch and timm:
 #   bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]
-# 1. tests/test_cuda.py (CPU-equal results, no host sync in a step, bf16 autocast, inductor);
+# 1. tests/integration/test_cuda.py (CPU-equal results, no host sync in a step, bf16 autocast, inductor);
 # 2. the step-time benchmark (make bench's models and optimizers) on the GPU, one record per model
 #    so that a model cut off by its time limit leaves the other's record whole.
 # Everything lands in OUT_DIR/gpu-check.tar.gz (logs, records, profiles). Where the copy's .git is
@@ -18,7 +18,7 @@ py=${PYTHON:-python3}
     $py -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"
 } 2>&1 | tee "$work/env.txt"
 
-timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_cuda.py \
+timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/integration/test_cuda.py \
     >"$work/test_cuda.log" 2>&1
 echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
 

@@ -64,7 +64,8 @@ class Layout:
         return self.results / target.renders if target.renders else self.renders
 
     def run_dir(self, sweep: Sweep, run: dict[str, str]) -> Path:
-        # Every experiment preset's ``group`` is its own name (tests/test_repro.py checks it).
+        # Every experiment preset's ``group`` is its own name (tests/scripts/repro/test_grids.py
+        # checks it).
         return self.runs / sweep.experiment / run_dirname(run)
 
 

@@ -29,7 +29,7 @@ def _cifar_batch(rng: np.random.Generator, n: int, label_key: str, num_classes: 
     return batch, data, labels
 
 
-def _dump(obj: object, path: Path, protocol: int = 2) -> None:
+def dump_pickle(obj: object, path: Path, protocol: int = 2) -> None:
     with open(path, "wb") as stream:
         pickle.dump(obj, stream, protocol=protocol)
 
@@ -43,12 +43,12 @@ def write_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str, tu
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for tag, name in enumerate(names):
         batch, data, labels = _cifar_batch(rng, per_batch, "labels", 10, tag)
-        _dump(batch, folder / name)
+        dump_pickle(batch, folder / name)
         split = "test" if name == "test_batch" else "train"
         expected[split][0].append(data)
         expected[split][1].extend(labels)
     meta = {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_cases_per_batch": 4}
-    _dump(meta, folder / "batches.meta")
+    dump_pickle(meta, folder / "batches.meta")
     return {k: (np.concatenate(v[0]), np.array(v[1])) for k, v in expected.items()}
 
 
@@ -60,13 +60,13 @@ def write_cifar100(root: Path, seed: int = 1) -> dict[str, tuple]:
     for split, n in (("train", 7), ("test", 3)):
         batch, data, labels = _cifar_batch(rng, n, "fine_labels", 100, 0)
         # str keys (protocol 4), as a Python-3 writer would produce: both kinds must load
-        _dump({k.decode(): v for k, v in batch.items()}, folder / split, protocol=4)
+        dump_pickle({k.decode(): v for k, v in batch.items()}, folder / split, protocol=4)
         expected[split] = (data, np.array(labels))
-    _dump({"fine_label_names": [f"c{i}" for i in range(100)]}, folder / "meta")
+    dump_pickle({"fine_label_names": [f"c{i}" for i in range(100)]}, folder / "meta")
     return expected
 
 
-def _jpeg(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> None:
+def write_jpeg(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, format="JPEG", quality=95)
 
@@ -83,7 +83,7 @@ def write_image_folder(root: Path) -> dict[str, list[tuple[str, tuple[int, int, 
         for c, (name, count) in enumerate(classes):
             for i in range(count):
                 color = (40 * c + 20, 10 * i + 30, 200 - 50 * c)
-                _jpeg(root / split / name / f"{i:04d}.jpg", color)
+                write_jpeg(root / split / name / f"{i:04d}.jpg", color)
                 items.append((name, color))
         (root / split / "notes.txt").write_text("not an image")
         expected[split] = items
@@ -120,4 +120,6 @@ def write_imagenet(root: Path) -> None:
     for split, count in (("train", 3), ("val", 2)):
         for c, synset in enumerate(("n02", "n01")):
             for i in range(count):
-                _jpeg(root / split / synset / f"{i}.JPEG", (c * 120, i * 40, 90), size=(64, 64))
+                write_jpeg(
+                    root / split / synset / f"{i}.JPEG", (c * 120, i * 40, 90), size=(64, 64)
+                )

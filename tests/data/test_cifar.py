@@ -20,12 +20,7 @@ from PIL import Image
 
 from data import cifar
 from data.cifar import extract_cifar10_images, load_cifar, load_cifar10_images
-from tests.data.files import (
-    CIFAR10_NAMES,
-    _dump,
-    write_cifar10,
-    write_cifar100,
-)
+from tests.data.files import CIFAR10_NAMES, dump_pickle, write_cifar10, write_cifar100
 
 REAL_CIFAR_TARBALL = Path(os.environ.get("EVA_CIFAR10_TARBALL") or "cifar10-images.tar.gz")
 """The real CIFAR-10 JPEG tarball: ``$EVA_CIFAR10_TARBALL`` (as for ``scripts/repro/run.py``)."""
@@ -60,7 +55,7 @@ def test_cifar_pickle_refuses_foreign_objects(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
-        _dump({b"data": os.getcwd, b"labels": []}, folder / name)  # a global, not an array
+        dump_pickle({b"data": os.getcwd, b"labels": []}, folder / name)  # a global, not an array
     with pytest.raises(pickle.UnpicklingError, match="unexpected object"):
         load_cifar("cifar10", tmp_path, "train")
 

@@ -13,10 +13,7 @@ import pytest
 import torch
 
 from data.fmnist import FASHION_MNIST_ROOT, load_fashion_mnist, load_idx, load_idx_dataset
-from tests.data.files import (
-    write_idx,
-    write_mnist_format,
-)
+from tests.data.files import write_idx, write_mnist_format
 
 
 # ---------------------------------------------------------------------------- idx files

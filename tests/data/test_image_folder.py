@@ -10,10 +10,7 @@ import torch
 
 from data import image_folder
 from data.cifar import load_cifar10_images
-from tests.data.files import (
-    _jpeg,
-    write_image_folder,
-)
+from tests.data.files import write_image_folder, write_jpeg
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -43,7 +40,7 @@ def test_image_folder_layout_labels_and_cache(tmp_path, monkeypatch):
     assert cached.classes == ["airplane", "cat", "truck"] and len(cached.labels) == 6
 
     # A changed folder invalidates the cache.
-    _jpeg(root / "train" / "cat" / "0009.jpg", (1, 2, 3))
+    write_jpeg(root / "train" / "cat" / "0009.jpg", (1, 2, 3))
     with pytest.raises(AssertionError, match="decoded again"):
         load_cifar10_images(root, "train")
 
@@ -55,7 +52,7 @@ def test_image_folder_cache_dir_and_size_mismatch(tmp_path):
     load_cifar10_images(root, "test", cache_dir=cache_dir)
     assert len(list(cache_dir.glob("test-*.uint8.pt"))) == 1
     assert not list(root.glob("*.pt"))
-    _jpeg(root / "test" / "cat" / "0005.jpg", (9, 9, 9), size=(16, 16))
+    write_jpeg(root / "test" / "cat" / "0005.jpg", (9, 9, 9), size=(16, 16))
     with pytest.raises(ValueError, match="same size|share one size"):
         load_cifar10_images(root, "test", cache=False)
 

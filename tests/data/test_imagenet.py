@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from data.imagenet import IMAGENET_MEAN, build_imagenet_loader, load_imagenet
-from tests.data.files import (
-    write_imagenet,
-)
+from tests.data.files import write_imagenet
 
 
 def test_imagenet_folders_and_loader(tmp_path):

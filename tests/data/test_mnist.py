@@ -73,12 +73,15 @@ def test_package_without_data_file_names_the_path(
     assert PIP_COMMAND in message
 
 
-def test_pickle_with_foreign_objects_is_refused(tmp_path: Path) -> None:
+def test_pickle_with_foreign_objects_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gzip
     import pickle
 
     path = tmp_path / "evil.pkl.gz"
     with gzip.open(path, "wb") as f:
         pickle.dump(SimpleNamespace(x=1), f)
-    with gzip.open(path, "rb") as f, pytest.raises(pickle.UnpicklingError, match="unexpected"):
-        mnist._read_pickle(f)
+    monkeypatch.setattr(mnist, "mnist_path", lambda: path)
+    with pytest.raises(pickle.UnpicklingError, match="unexpected"):
+        load_mnist()

@@ -11,15 +11,7 @@ import pytest
 import torch
 
 from eva import EvaF
-from tests.dense_reference import (
-    LAYERS,
-    RecordingNet,
-    dense_solve,
-    ema,
-    eye,
-    kvs,
-    run,
-)
+from tests.dense_reference import LAYERS, RecordingNet, dense_solve, ema, eye, kvs, run
 
 
 @pytest.mark.parametrize("divide", [False, True])

@@ -10,13 +10,7 @@ from __future__ import annotations
 import torch
 
 from eva import EvaGradNorm
-from tests.dense_reference import (
-    LAYERS,
-    RecordingNet,
-    dense_solve,
-    eye,
-    run,
-)
+from tests.dense_reference import LAYERS, RecordingNet, dense_solve, eye, run
 
 
 def test_eva_gradnorm_equals_dense() -> None:

@@ -11,15 +11,7 @@ import pytest
 import torch
 
 from eva import EvaS
-from tests.dense_reference import (
-    LAYERS,
-    RecordingNet,
-    Reference,
-    dense_solve,
-    ema,
-    eye,
-    run,
-)
+from tests.dense_reference import LAYERS, RecordingNet, Reference, dense_solve, ema, eye, run
 
 
 def eva_s_reference(xi: float | None, gamma: float) -> Reference:

@@ -1,5 +1,6 @@
 """The shared options (eva/options.py): one validated frozen dataclass behind the constructor
-keywords of every preconditioner. Bad values per option are checked in test_machinery.py."""
+keywords of every preconditioner. Bad values per option are checked in
+tests/eva/test_preconditioner.py."""
 
 from __future__ import annotations
 

@@ -10,10 +10,7 @@ import eva
 from eva import Eva, statistics
 from eva.statistics import batch_mean, grad_mean, input_mean, patches
 from tests.dense_reference import im2col_rows
-from tests.helpers import (
-    DTYPE,
-    sgd,
-)
+from tests.helpers import DTYPE, sgd
 
 CONVS = [
     dict(kernel_size=3, padding=1),

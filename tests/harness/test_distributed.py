@@ -7,14 +7,14 @@ import os
 
 import pytest
 
-from harness.distributed import FAULT_ENV, _export_slurm_environment, _install_fault
+from harness.distributed import FAULT_ENV, export_slurm_environment, install_fault
 
 
 @pytest.mark.parametrize("spec", ["1", "1:x", "a:3", "1:3:crash", "1:2:3:4"])
 def test_bad_fault_spec_is_one_clear_error(monkeypatch, spec: str) -> None:
     monkeypatch.setenv(FAULT_ENV, spec)
     with pytest.raises(ValueError, match=rf"{FAULT_ENV} must be RANK:STEP"):
-        _install_fault(0)
+        install_fault(0)
 
 
 def test_fault_spec_for_another_rank_does_nothing(monkeypatch) -> None:
@@ -24,7 +24,7 @@ def test_fault_spec_for_another_rank_does_nothing(monkeypatch) -> None:
     hooks = optim_module._global_optimizer_post_hooks
     before = dict(hooks)
     monkeypatch.setenv(FAULT_ENV, "1:1")
-    _install_fault(0)
+    install_fault(0)
     assert dict(hooks) == before
 
 
@@ -54,6 +54,6 @@ def test_slurm_tasks_become_torch_distributed_env(monkeypatch: pytest.MonkeyPatc
     }
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
-    _export_slurm_environment()
+    export_slurm_environment()
     assert os.environ["RANK"] == "5" and os.environ["WORLD_SIZE"] == "8"
     assert os.environ["LOCAL_RANK"] == "1" and os.environ["MASTER_ADDR"] == "gpu01"

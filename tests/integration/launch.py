@@ -28,23 +28,23 @@ ARGS = [
 ]
 
 
-def _env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
     return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _torchrun() -> list[str]:
+def torchrun_command() -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "train.py",
     ]

@@ -2,7 +2,8 @@
 under bf16 autocast, and ``torch.compile`` (inductor, Triton kernels) with the hooks.
 
 Skipped where no CUDA device is present (CI has none); run on a GPU machine with
-``python -m pytest --noconftest tests/test_cuda.py`` (the file needs no Hydra fixtures).
+``python -m pytest --noconftest tests/integration/test_cuda.py`` (the file needs no Hydra
+fixtures).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from harness.distributed import FAULT_ENV, FAULT_EXIT_CODE
-from tests.integration.launch import ARGS, _env, _free_port, _torchrun
+from tests.integration.launch import ARGS, clean_env, free_port, torchrun_command
 from tests.repository import ROOT
 
 TIMEOUT_S = 10
@@ -62,10 +62,10 @@ def _wait_for(condition, what: str, limit_s: float = 240) -> float:
 
 def _launch_direct(tmp_path: Path, fault: str) -> tuple[subprocess.Popen, subprocess.Popen]:
     """Workers 0 and 1 of a 2-worker run, started as plain processes with env:// rendezvous."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
-        env = _env() | {
+        env = clean_env() | {
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
             "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", FAULT_ENV: fault,
         }  # fmt: skip
@@ -135,9 +135,9 @@ def test_hung_worker_fails_the_survivor_after_the_timeout(tmp_path: Path) -> Non
 
 def test_torchrun_stops_the_job_when_a_worker_dies(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [*_torchrun(), *COMMON, f"out_root={tmp_path}"],
+        [*torchrun_command(), *COMMON, f"out_root={tmp_path}"],
         cwd=ROOT,
-        env=_env() | {FAULT_ENV: "1:6"},
+        env=clean_env() | {FAULT_ENV: "1:6"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import ARGS, _env, _torchrun
+from tests.integration.launch import ARGS, clean_env, torchrun_command
 from tests.repository import ROOT
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["eva", "kfac"])
 def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) -> None:
     common = [*ARGS, f"optimizer={optimizer}", "optimizer.lr=0.05"]
-    torchrun = _torchrun()
+    torchrun = torchrun_command()
     multi = _run([*torchrun, *common, f"out_root={tmp_path / 'multi'}"])
     assert multi.returncode == 0, multi.stderr[-3000:]
     single = _run([sys.executable, "train.py", *common, f"out_root={tmp_path / 'single'}"])
@@ -44,7 +46,7 @@ def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) 
 
 
 def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
-    torchrun = _torchrun()
+    torchrun = torchrun_command()
     proc = _run([*torchrun, *ARGS, "optimizer=sgd", "trainer.batch_size=7", f"out_root={tmp_path}"])
     assert proc.returncode != 0
     assert "trainer.batch_size must be divisible by the number of workers (2)" in proc.stderr
@@ -56,12 +58,12 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
 def test_resumed_distributed_run_equals_uninterrupted(tmp_path: Path) -> None:
     """Two workers stopped mid-epoch 2 and resumed end with the uninterrupted run's weights."""
     common = [*ARGS, "optimizer=kfac", "optimizer.update_interval=3", "optimizer.lr=0.05"]
-    whole = _run([*_torchrun(), *common, f"out_root={tmp_path / 'whole'}"])
+    whole = _run([*torchrun_command(), *common, f"out_root={tmp_path / 'whole'}"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     parts = tmp_path / "parts"
-    first = _run([*_torchrun(), *common, "trainer.max_steps=6", f"out_root={parts}"])
+    first = _run([*torchrun_command(), *common, "trainer.max_steps=6", f"out_root={parts}"])
     assert first.returncode == 0, first.stderr[-3000:]
-    second = _run([*_torchrun(), *common, "resume=true", f"out_root={parts}"])
+    second = _run([*torchrun_command(), *common, "resume=true", f"out_root={parts}"])
     assert second.returncode == 0, second.stderr[-3000:]
     want = torch.load(tmp_path / "whole" / "adhoc" / "run" / "checkpoint.pt", weights_only=True)
     got = torch.load(parts / "adhoc" / "run" / "checkpoint.pt", weights_only=True)

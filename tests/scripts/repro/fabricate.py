@@ -66,7 +66,7 @@ SWEEPS = {  # seed 0's final validation loss per lr (nan: diverged), curve befor
 STEP_MS = (200.0, 180.0, 250.0, 260.0, 260.0, 400.0, 500.0)
 
 
-def _record(layout, sweep, run, final: float, early: tuple[float, float]) -> None:
+def fabricate_lm_run(layout, sweep, run, final: float, early: tuple[float, float]) -> None:
     """A 3-epoch run (100 steps each) ending at ``final`` (accuracy: higher at higher lr, so that
     choosing by accuracy would pick another lr); nan: a diverged run."""
     if math.isnan(final):
@@ -83,17 +83,17 @@ def _record(layout, sweep, run, final: float, early: tuple[float, float]) -> Non
     fabricate(layout, sweep, run, summary, rows, config=run)
 
 
-def _fabricate_all(layout: Layout) -> None:
+def fabricate_lm_target(layout: Layout) -> None:
     tgt = target("lm", layout.scale)
     for tuned in tgt.tuned:
         losses, early = SWEEPS[tuned.label]
         sweep = tuned.sweep()
         for run, loss in zip(sweep.runs(), losses, strict=True):
-            _record(layout, sweep, run, loss, early)
+            fabricate_lm_run(layout, sweep, run, loss, early)
         lr = chosen_lr(tuned, layout)
         best = losses[tuned.lrs.index(lr)]
         for run in tuned.final(lr).runs():  # seed 1 ends 0.02 higher
-            _record(layout, tuned.final(lr), run, best + 0.02 * int(run["seed"]), early)
+            fabricate_lm_run(layout, tuned.final(lr), run, best + 0.02 * int(run["seed"]), early)
     algorithms = {
         label: {"time_ms": {"mean": ms, "median": ms}} for label, ms in zip(LABELS, STEP_MS)
     }

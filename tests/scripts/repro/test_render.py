@@ -11,7 +11,7 @@ from scripts.repro import records as repro_records
 from scripts.repro.grids import target
 from scripts.repro.render import render
 from scripts.repro.run import Layout, pending
-from tests.scripts.repro.fabricate import _fabricate_all, fabricate
+from tests.scripts.repro.fabricate import fabricate, fabricate_lm_target
 
 
 def test_missing_and_diverged_runs_are_said_so(tmp_path):
@@ -170,7 +170,7 @@ def test_fig4_shows_each_optimizer_at_its_best_learning_rate(tmp_path):
 
 def test_table_and_figure_from_fabricated_records(tmp_path):
     layout = Layout(tmp_path, "cpu")
-    _fabricate_all(layout)
+    fabricate_lm_target(layout)
     written = render(target("lm", "cpu"), layout)
     assert [p.relative_to(tmp_path).as_posix() for p in written] == [
         "lm/lm.md",
@@ -205,7 +205,7 @@ def test_table_and_figure_from_fabricated_records(tmp_path):
 
 def test_missing_step_time_record_is_said(tmp_path):
     layout = Layout(tmp_path, "cpu")
-    _fabricate_all(layout)
+    fabricate_lm_target(layout)
     (layout.bench / "steptime-cpu-lm.json").write_text("{not json")
     md = render(target("lm", "cpu"), layout)[0].read_text()
     assert "Step-time record `steptime-cpu-lm.json` is unreadable (JSONDecodeError" in md

@@ -5,7 +5,7 @@ from __future__ import annotations
 from scripts.repro.grids import target
 from scripts.repro.run import Layout, pending
 from scripts.repro.tuning import chosen_lr
-from tests.scripts.repro.fabricate import _fabricate_all, _record
+from tests.scripts.repro.fabricate import fabricate_lm_run, fabricate_lm_target
 
 
 def test_lr_is_chosen_by_the_lowest_validation_loss(tmp_path):
@@ -15,8 +15,8 @@ def test_lr_is_chosen_by_the_lowest_validation_loss(tmp_path):
     tgt = target("lm", "cpu")
     adamw = tgt.tuned[0]
     sweep = adamw.sweep()
-    _record(layout, sweep, sweep.runs()[0], 1.6, (2.0, 1.7))
+    fabricate_lm_run(layout, sweep, sweep.runs()[0], 1.6, (2.0, 1.7))
     assert chosen_lr(adamw, layout) is None
-    _fabricate_all(layout)
+    fabricate_lm_target(layout)
     assert [chosen_lr(t, layout) for t in tgt.tuned] == [0.002, 0.1, 0.1, 0.002, 0.002, 0.1, 0.1]
     assert not pending(tgt, layout)
