@@ -1,7 +1,13 @@
-"""Shared fixtures for the experiment-harness tests (``train.py``, ``conf/``, ``harness/``).
+"""The shared fixtures of the whole suite (defined here once; helpers that are not fixtures live
+in ``tests/helpers.py``, ``tests/repository.py``, the ``*_reference.py`` modules and a package's
+own helper module such as ``tests/data/files.py``; no test module imports another).
 
-- ``one_thread``: torch on one thread for the test (restored afterwards); the harness tests opt
-  in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+Tests mirror the source tree: the tests of ``eva/rank_one.py`` are ``tests/eva/test_rank_one.py``,
+of ``train.py`` ``tests/test_train.py``, of ``conf/`` ``tests/test_conf.py``; multi-process and
+CUDA runs that span modules are in ``tests/integration/``.
+
+- ``one_thread``: torch on one thread for the test (restored afterwards); modules of tiny tensors
+  opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 - ``compose``: Hydra's compose API on ``conf/`` (``compose(overrides, hydra=False)``).
 - ``train_run``: ``train.train(cfg)`` in-process, as ``@hydra.main`` would call it, with the run
   directory given explicitly (``train_run(run_dir, overrides)`` returns the summary).

@@ -3,6 +3,11 @@
 A small network records every supported layer's input and output (with ``retain_grad``), and the
 statistics of the paper are recomputed here from those tensors by explicit loops over output
 positions — a path that shares nothing with the library's hooks or its unfold-the-mean shortcut.
+
+``run`` trains ``RecordingNet`` with a preconditioner and compares every layer's preconditioned
+gradient with a ``Reference`` after each step (``ema`` and ``reference_scaling`` replay
+Eq. 14–16); ``im2col_rows`` is an explicit im2col of any convolution (padding modes, dilation,
+stride).
 """
 
 from __future__ import annotations

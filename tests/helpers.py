@@ -1,4 +1,5 @@
-"""Small shared test utilities: tiny models, deterministic batches, a train-steps runner and
+"""Small shared test utilities: tiny models (``TinyMLP``, ``TinyCNN``, ``BatchNormCNN``, the
+BatchNorm network ``ConvBN``), deterministic batches, a train-steps runner, parameter counts and
 helpers to build any registered preconditioner with only the keyword arguments it accepts."""
 
 from __future__ import annotations

@@ -15,13 +15,8 @@ from eva.shampoo import Shampoo, merged_shape
 DAMPING = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The layers here are tiny: one intra-op thread avoids thread-pool overhead on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The layers here are tiny: one intra-op thread avoids thread-pool overhead on a busy CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- models and loop
