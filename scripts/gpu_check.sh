@@ -10,7 +10,7 @@ set -u
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]}
 limit=${2:-190}
 work=$(mktemp -d)
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+export PYTHONPATH=.${EVA_SITE:+:$EVA_SITE} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 
 {
@@ -22,11 +22,11 @@ timeout 120 $py -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_cud
     >"$work/test_cuda.log" 2>&1
 echo "test_cuda exit $?: $(tail -n 1 "$work/test_cuda.log")"
 
-tag=$(PYTHONPATH=. $py -c "from harness.machine import device_tag; print(device_tag('cuda'))")
+tag=$($py -c "from harness.machine import device_tag; print(device_tag('cuda'))")
 for model in resnet110 vgg19; do
     # phase profiles: Eva, Eva-f and Eva-s on ResNet-110, Eva on VGG-19
     profile=$([ "$model" = resnet110 ] && echo eva,eva_f,eva_s || echo eva)
-    PYTHONPATH=. timeout "$limit" $py -m scripts.bench --models "$model" --profile-optimizers "$profile" \
+    timeout "$limit" $py -m scripts.bench --models "$model" --profile-optimizers "$profile" \
         --out "$work" --name "steptime-$tag-$model" >"$work/bench-$model.log" 2>&1
     echo "bench $model exit $?"
     grep -A 16 "^| optimizer" "$work/steptime-$tag-$model.md" 2>/dev/null
