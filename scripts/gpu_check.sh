@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks in one go, for a CUDA machine whose python3 already has torch and timm:
+# GPU checks in one go, for a CUDA machine whose python3 has torch and timm (hydra and omegaconf
+# too, or a folder of them in $EVA_SITE):
 #   bash scripts/gpu_check.sh OUT_DIR [SECONDS_PER_MODEL]
 # 1. tests/test_cuda.py (CPU-equal results, no host sync in a step, bf16 autocast, inductor);
 # 2. the step-time benchmark (make bench's models and optimizers) on the GPU, one record per model
