@@ -43,11 +43,14 @@ def record_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "record.json").read_text())
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "eva", "eva_adamw"])
+@pytest.mark.parametrize(
+    "optimizer", ["adamw", "eva", "eva_adamw", "kfac", "shampoo", "eva_f", "eva_s"]
+)
 def test_lm_run_writes_a_finite_record(train_run, tmp_path, optimizer):
+    """Every optimizer of the comparison, and Eva-f / Eva-s, train the GPT (3-D Linear inputs)."""
     run_dir = tmp_path / "lm" / optimizer
     overrides = [*TINY_LM, f"optimizer={optimizer}", "trainer.max_steps=2"]
-    if optimizer == "eva":
+    if optimizer not in ("adamw", "eva_adamw"):
         overrides.append("optimizer.lr=0.1")  # an SGD lr (the preset's is AdamW's)
     summary = train_run(run_dir, overrides)
     record = record_of(run_dir)
