@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean distclean reproduce $(PAPER_TARGETS) lm
+.PHONY: setup demo test bench bench-linear lint clean distclean reproduce $(PAPER_TARGETS) lm
 
 ## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
 ## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default: paper where nvidia-smi sees a GPU,
@@ -43,6 +43,18 @@ test: $(STAMP)
 ## batch 128), into results/bench/ (time to target: make fig5)
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) -m scripts.bench --models resnet110,vgg19 --out results/bench
+
+## bench-linear: Eva's step time and peak memory against its base optimizer on Linear-heavy
+## models, each pair side by side in one process: the 8-layer autoencoder (SGD vs Eva, batch
+## 1000) and the byte-level GPT of experiment=lm (AdamW vs Eva on AdamW, SGD vs Eva on SGD), into
+## results/bench/steptime-<device>-autoencoder.* and steptime-<device>-gpt.* (~10 min on 2 cores)
+bench-linear: $(STAMP)
+	PYTHONPATH=. $(PY) -m scripts.bench --models autoencoder --batch 1000 --optimizers sgd,eva \
+	  --steps 30 --out results/bench --name 'steptime-{device}-autoencoder'
+	PYTHONPATH=. $(PY) -m scripts.bench --experiment lm --setting optimizer=adamw \
+	  --setting optimizer=eva_adamw --setting optimizer=sgd,optimizer.weight_decay=0.0005 \
+	  --setting optimizer=eva,optimizer.weight_decay=0.0005 --peak-memory rss --steps 30 \
+	  --out results/bench --name 'steptime-{device}-gpt'
 
 $(PAPER_TARGETS) lm: $(STAMP)
 	$(PY) -m scripts.reproduce $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)

@@ -12,7 +12,12 @@ It also holds the shortcuts around the hooks:
 - **b̄ = 0 by construction** where a BatchNorm alone takes a layer's output
   (:mod:`eva.batchnorm`), and, for algorithms that then do not use ā (Eva: ``P = G/γ``), the
   input held until the backward pass (:mod:`eva.saved_input`) and read only where b̄ is not zero
-  (:class:`~eva.batchnorm.ZeroGradMeans`);
+  (:class:`~eva.batchnorm.ZeroGradMeans`). In a model without BatchNorm nothing is held: ā is
+  read in the forward hook, right after the layer's input was written (still in cache);
+- **b̄ from the bias gradient** in a model without BatchNorm: a linear layer's autograd node
+  sums the output-gradient rows for its bias anyway, and b̄ is that sum over the number of rows
+  (:func:`bias_gradient_node`), with no pass of its own over the output gradient (the largest
+  tensors the hooks would read: a GPT's 4096-row MLP gradients);
 - **prepared ā routes** per input shape (:class:`~eva.statistics.MeanPlan`) where ā is the only
   input statistic and the whole batch is read;
 - **overlapped communication** (``overlap_comm``): a layer's statistics start their all-reduce
@@ -45,6 +50,34 @@ from eva.statistics import ConvFactors
 INPUT_STATS = ("a_mean", "a_factor")
 GRAD_STATS = frozenset(("g_mean", "g_factor"))
 _NO_PLAN = object()  # a shape not seen yet (StatisticsCapture.mean_plans)
+
+_VIEWS = frozenset(("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"))
+
+
+def bias_gradient_node(module: nn.Module, output: Tensor) -> Any | None:
+    """The autograd node of this call of ``module`` that computes its bias gradient, or None.
+
+    ``nn.Linear`` runs as ``addmm(bias, x, Wᵀ)`` (a view of it for inputs with more than two
+    dimensions), and autograd's ``AddmmBackward0`` hands the bias the sum of the output-gradient
+    rows, ``Σ_i ∂L/∂y_i``: b̄ of Eq. 10 times the number of rows. A post-hook on that node reads
+    b̄ without another pass over the output gradient. Returned only where the node is exactly
+    that: the output (or a view of it) from ``addmm`` whose first input is the layer's own
+    trainable bias (not a cast copy under autocast, not a subclass's extra term; outside
+    ``torch.compile``).
+    """
+    bias = getattr(module, "bias", None)
+    node = output.grad_fn
+    if bias is None or not bias.requires_grad or node is None or statistics.compiling():
+        return None
+    if node.name() in _VIEWS:
+        node = node.next_functions[0][0]
+        if node is None:
+            return None
+    if node.name() != "AddmmBackward0":
+        return None
+    accumulate = node.next_functions[0][0]
+    return node if getattr(accumulate, "variable", None) is bias else None
+
 
 Pending = dict[str, list[Any]]
 """One layer's statistics of this step: key → ``[sum over micro-batches, count]``."""
@@ -128,8 +161,22 @@ class StatisticsCapture:
         # zero test must not depend on the local batch size, as it does with stat_batch)
         self.zero_grad_means: ZeroGradMeans | None = None
         """The layers whose ā is not read (b̄'s average exactly zero), or None where unused."""
-        if self.batchnorm is not None and a_mean_unused_if_g_mean_zero and stat_batch is None:
+        # (only where a BatchNorm may make b̄ zero: elsewhere ā is read in the forward hook,
+        # right after the input was written, rather than from memory in the backward pass)
+        if (
+            self.batchnorm is not None
+            and self.batchnorm.handles
+            and a_mean_unused_if_g_mean_zero
+            and stat_batch is None
+        ):
             self.zero_grad_means = ZeroGradMeans(states)
+        # b̄ from the bias gradient autograd computes anyway (bias_gradient_node): no BatchNorm
+        # to watch, b̄ the only gradient statistic, over the whole batch
+        self._bias_route = (
+            set(needed) & GRAD_STATS == {"g_mean"}
+            and stat_batch is None
+            and (self.batchnorm is None or not self.batchnorm.handles)
+        )
         self._handles: list[RemovableHandle] = []
         if needed:
             for layer in layers:
@@ -227,10 +274,15 @@ class StatisticsCapture:
             if held is None:
                 self._input_statistics(layer, module, inputs[0])
             if hooked:
-                followed = None
-                if self.batchnorm is not None and not statistics.compiling():
-                    followed = self.batchnorm.expect(output, layer.is_conv)
-                output.register_hook(partial(self._grad_hook, layer, followed, held))
+                node = bias_gradient_node(module, output) if self._bias_route else None
+                if node is not None:  # b̄ from the bias gradient this call's backward computes
+                    rows = output.numel() // output.shape[-1]
+                    node.register_hook(partial(self._bias_grad_hook, layer, rows))
+                else:
+                    followed = None
+                    if self.batchnorm is not None and not statistics.compiling():
+                        followed = self.batchnorm.expect(output, layer.is_conv)
+                    output.register_hook(partial(self._grad_hook, layer, followed, held))
                 # a forward run by the autograd engine is an activation-checkpointing recompute,
                 # whose output gradient may never be computed (non-reentrant checkpoints)
                 if self.overlap is not None and torch._C._current_graph_task_id() == -1:
@@ -280,6 +332,20 @@ class StatisticsCapture:
                     else:
                         self._input_statistics(layer, layer.module, x)
                 self._grad_statistics(layer, grad_output, zero_mean)
+            if self.overlap is not None:
+                self._send_if_complete(self.overlap, layer.name)
+
+    def _bias_grad_hook(
+        self, layer: Layer, rows: int, grad_inputs: tuple, grad_outputs: tuple
+    ) -> None:
+        """b̄ (Eq. 10) of one call: its bias gradient (the sum of the output-gradient rows,
+        as the layer's autograd node computed it) over the number of rows."""
+        with profile_range(BACKWARD_HOOKS):
+            bias_grad = grad_inputs[0]
+            if bias_grad is None:  # a backward pass that does not want the bias's gradient
+                self._grad_statistics(layer, grad_outputs[0])
+            else:
+                self._accumulate(layer, "g_mean", bias_grad.detach() / rows)
             if self.overlap is not None:
                 self._send_if_complete(self.overlap, layer.name)
 

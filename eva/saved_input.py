@@ -3,8 +3,9 @@
 A layer's ā (Eq. 10) needs one full read of its input, a stream from memory as long as the
 activation. Eva does not need ā at all while the layer's b̄ average is exactly zero (Eq. 13 is
 then ``P = G/γ``), but whether this step's b̄ is zero by construction is only known in the
-backward pass (:mod:`eva.batchnorm`). So Eva holds the input from the forward hook to the
-layer's output-gradient hook and reads it there only if it must.
+backward pass (:mod:`eva.batchnorm`). So, in a model with a BatchNorm, Eva holds the input from
+the forward hook to the layer's output-gradient hook and reads it there only if it must (in a
+model without one, b̄ is never zero by construction and ā is read in the forward hook).
 
 Holding the input from the forward to the backward must not keep memory alive that would
 otherwise be freed ("no stored activations"). :func:`held_input` therefore holds it only where

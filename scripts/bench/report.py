@@ -118,6 +118,14 @@ def render_step_time(record: dict[str, Any]) -> str:
         "Gradient-based methods (Shampoo, Eva-s, M-FAC) and first-order optimizers reduce "
         "nothing beyond the gradients: 0.",
         "- **paper**: Tables 5 and 10 of the paper (RTX 2080Ti GPU, their batch sizes).",
+    ]
+    if any(entry.get("experiment") for entry in record["models"].values()):
+        lines.append(
+            "- **×base** (experiment presets): the same ratios, each setting divided by its "
+            "**baseline** (the first first-order setting with the same base optimizer, e.g. "
+            "AdamW for Eva on AdamW) instead of SGD."
+        )
+    lines += [
         "",
     ]
     for model, entry in record["models"].items():
@@ -165,12 +173,16 @@ def _model_table(
             f"{_mib(entry['grad_bytes'])} MiB.{load_text}"
         )
         lines.append("")
-    peak_col = peak_kind is not None
-    header = ["optimizer", "time ×SGD (median)", "time ×SGD (mean)", "paired", "median ms"]
-    header += ["state mem ×SGD", "state MiB"]
+    # an experiment's settings are compared with their own baselines (``baseline``), not SGD
+    versus = "×base" if entry.get("experiment") else "×SGD"
+    peak_col = peak_kind is not None or any(a.get("peak_memory") for a in algos.values())
+    header = ["optimizer", f"time {versus} (median)", f"time {versus} (mean)", "paired"]
+    header += ["median ms", f"state mem {versus}", "state MiB"]
     if peak_col:
-        header += ["peak mem ×SGD", "peak MiB"]
+        header += [f"peak mem {versus}", "peak MiB"]
     header += ["comm ×grad", "paper time", "paper mem"]
+    if entry.get("experiment"):
+        header = [*header[:-2], "baseline"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for label, algo in algos.items():
@@ -199,7 +211,11 @@ def _model_table(
                 row += [_ratio(peak.get("ratio")), _mib(peak.get("bytes"))]
         comm = algo.get("comm")
         ratio = "—" if comm is None else f"{comm['ratio']:.2e}" if comm["ratio"] else "0"
-        row += [ratio, *_paper(model, label)]
+        row += (
+            [ratio, algo.get("baseline", "—")]
+            if entry.get("experiment")
+            else [ratio, *_paper(model, label)]
+        )
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     notes = [f"- {label}: {algo['note']}" for label, algo in algos.items() if algo.get("note")]

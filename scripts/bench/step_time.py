@@ -30,6 +30,7 @@ from scripts.bench.memory import (
     mfac_buffer_bytes,
     peak_memory_cuda,
     peak_memory_rss,
+    peak_memory_rss_experiment,
     state_bytes,
 )
 from scripts.bench.profile import profile_phases, synchronize
@@ -136,9 +137,11 @@ def measure(
     args: argparse.Namespace,
     device: torch.device,
     tag: str,
+    baselines: dict[str, str] | None = None,
 ) -> None:
     """Time ``contenders`` and fill ``entry``'s ``algorithms``, ``failed`` and ``load_average``;
-    with an ``sgd`` contender, each algorithm's ratios to SGD too."""
+    each algorithm's ratios to its baseline too (``baselines``: label → baseline label; default:
+    ``sgd`` for every algorithm, where there is an ``sgd`` contender)."""
     load_before = os.getloadavg()
     loads: list[float] = []
     failed = time_round_robin(
@@ -165,15 +168,21 @@ def measure(
         if not math.isfinite(loss):
             algo["note"] = "the loss became non-finite during the benchmark (timing still valid)"
         entry["algorithms"][label] = algo
-    sgd = entry["algorithms"].get("sgd")
-    if sgd is None:
-        return
-    for algo in entry["algorithms"].values():
-        algo["time_ratio_median"] = algo["time_ms"]["median"] / sgd["time_ms"]["median"]
-        algo["time_ratio_mean"] = algo["time_ms"]["mean"] / sgd["time_ms"]["mean"]
-        algo["time_ratio_paired"] = paired_ratio(algo["time_ms"]["all"], sgd["time_ms"]["all"])
-        algo["cpu_time_ratio_median"] = algo["cpu_time_ms"]["median"] / sgd["cpu_time_ms"]["median"]
-        algo["state_ratio"] = algo["state_bytes"]["total"] / sgd["state_bytes"]["total"]
+    algos = entry["algorithms"]
+    if baselines is None:
+        baselines = dict.fromkeys(algos, "sgd")
+    for label, algo in algos.items():
+        base = algos.get(baselines.get(label, ""))
+        if base is None:
+            continue
+        if entry.get("experiment"):
+            algo["baseline"] = baselines[label]
+        algo["time_ratio_median"] = algo["time_ms"]["median"] / base["time_ms"]["median"]
+        algo["time_ratio_mean"] = algo["time_ms"]["mean"] / base["time_ms"]["mean"]
+        algo["time_ratio_paired"] = paired_ratio(algo["time_ms"]["all"], base["time_ms"]["all"])
+        cpu_ms, base_cpu_ms = algo["cpu_time_ms"]["median"], base["cpu_time_ms"]["median"]
+        algo["cpu_time_ratio_median"] = cpu_ms / base_cpu_ms
+        algo["state_ratio"] = algo["state_bytes"]["total"] / base["state_bytes"]["total"]
 
 
 def benchmark_model(
@@ -256,9 +265,26 @@ def benchmark_model(
     return entry
 
 
+def experiment_baselines(work: ExperimentWorkload) -> dict[str, str]:
+    """Each setting's baseline: the first first-order setting (no preconditioner) with the same
+    base optimizer (``optimizer.base._target_``), e.g. ``optimizer=adamw`` for
+    ``optimizer=eva_adamw``; a first-order setting is its own. Settings without one are left out."""
+    targets = {
+        label: (c.hparams["optimizer"]["base"]["_target_"], c.preconditioner is None)
+        for label, c in work.contenders.items()
+    }
+    firsts: dict[str, str] = {}
+    for label, (target, first_order) in targets.items():
+        if first_order:
+            firsts.setdefault(target, label)
+    return {label: firsts[t] for label, (t, _) in targets.items() if t in firsts}
+
+
 def benchmark_experiment(work: ExperimentWorkload, args: argparse.Namespace) -> dict[str, Any]:
-    """Time every setting of an experiment preset on its own first batches (no profile, no peak
-    memory; communication is not counted: the settings are built with the run's reducer)."""
+    """Time every setting of an experiment preset on its own first batches, each against its
+    baseline (:func:`experiment_baselines`), and with ``--peak-memory rss`` the peak memory of
+    each alone (no profile; communication is not counted: the settings are built with the run's
+    reducer)."""
     first = next(iter(work.contenders.values()))
     trainable = [p for p in first.model.parameters() if p.requires_grad]
     entry: dict[str, Any] = {
@@ -272,5 +298,19 @@ def benchmark_experiment(work: ExperimentWorkload, args: argparse.Namespace) -> 
     }
     n = len(work.contenders)
     log(f"[{work.model}] {args.experiment}: {n} settings, batch {entry['batch']}")
-    measure(work.contenders, work.batches, work.loss, entry, args, work.device, work.model)
+    baselines = experiment_baselines(work)
+    measure(
+        work.contenders, work.batches, work.loss, entry, args, work.device, work.model, baselines
+    )
+    if args.peak_memory == "rss":
+        algos = entry["algorithms"]
+        for label, algo in algos.items():
+            log(f"[{work.model}] peak memory of {label} alone (rss)")
+            algo["peak_memory"] = peak_memory_rss_experiment(
+                args.experiment, label, args.peak_steps
+            )
+        for label, algo in algos.items():
+            base = algos.get(baselines.get(label, ""), {}).get("peak_memory", {}).get("bytes")
+            if algo["peak_memory"].get("bytes") is not None and base:
+                algo["peak_memory"]["ratio"] = algo["peak_memory"]["bytes"] / base
     return entry

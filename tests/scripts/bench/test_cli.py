@@ -125,3 +125,31 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     proc = bench(*args, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_experiment_settings_against_their_base_optimizer_with_peak_memory(tmp_path: Path) -> None:
+    """Each setting's ratios are to the first first-order setting with its base optimizer (Eva
+    on AdamW to AdamW, Eva on SGD to SGD), and ``--peak-memory rss`` measures every setting
+    alone; ``{device}`` in ``--name`` is the device tag."""
+    settings = ("optimizer=adamw", "optimizer=eva_adamw", "optimizer=sgd", "optimizer=eva")
+    args = ["--experiment", "smoke_lm", "--steps", "2", "--warmup", "1", "--batches", "2"]
+    args += [a for s in settings for a in ("--setting", s)]
+    args += ["--peak-memory", "rss", "--peak-steps", "1", "--name", "lm-{device}"]
+    proc = bench(*args, "--threads", "1", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((tmp_path / "lm-cpu.json").read_text())
+    algos = record["models"]["gpt"]["algorithms"]
+    assert {label: algo["baseline"] for label, algo in algos.items()} == {
+        "optimizer=adamw": "optimizer=adamw",
+        "optimizer=eva_adamw": "optimizer=adamw",
+        "optimizer=sgd": "optimizer=sgd",
+        "optimizer=eva": "optimizer=sgd",
+    }
+    for label, algo in algos.items():
+        assert algo["peak_memory"]["bytes"] > 0, (label, algo["peak_memory"])
+        assert algo["time_ratio_paired"] > 0 and algo["peak_memory"]["ratio"] > 0, label
+    for base in ("optimizer=adamw", "optimizer=sgd"):
+        assert algos[base]["time_ratio_median"] == 1.0
+        assert algos[base]["peak_memory"]["ratio"] == 1.0
+    md = (tmp_path / "lm-cpu.md").read_text()
+    assert "time ×base (median)" in md and "| optimizer=eva_adamw |" in md
