@@ -42,16 +42,16 @@ test: $(STAMP)
 ## bench: step time, memory, communication and Eva's phase profile vs SGD (CIFAR models,
 ## batch 128), into results/bench/ (time to target: make fig5)
 bench: $(STAMP)
-	PYTHONPATH=. $(PY) -m scripts.bench --models resnet110,vgg19 --out results/bench
+	$(PY) -m scripts.bench --models resnet110,vgg19 --out results/bench
 
 ## bench-linear: Eva's step time and peak memory against its base optimizer on Linear-heavy
 ## models, each pair side by side in one process: the 8-layer autoencoder (SGD vs Eva, batch
 ## 1000) and the byte-level GPT of experiment=lm (AdamW vs Eva on AdamW, SGD vs Eva on SGD), into
 ## results/bench/steptime-<device>-autoencoder.* and steptime-<device>-gpt.* (~10 min on 2 cores)
 bench-linear: $(STAMP)
-	PYTHONPATH=. $(PY) -m scripts.bench --models autoencoder --batch 1000 --optimizers sgd,eva \
+	$(PY) -m scripts.bench --models autoencoder --batch 1000 --optimizers sgd,eva \
 	  --steps 30 --out results/bench --name 'steptime-{device}-autoencoder'
-	PYTHONPATH=. $(PY) -m scripts.bench --experiment lm --setting optimizer=adamw \
+	$(PY) -m scripts.bench --experiment lm --setting optimizer=adamw \
 	  --setting optimizer=eva_adamw --setting optimizer=sgd,optimizer.weight_decay=0.0005 \
 	  --setting optimizer=eva,optimizer.weight_decay=0.0005 --peak-memory rss --steps 30 \
 	  --out results/bench --name 'steptime-{device}-gpt'
