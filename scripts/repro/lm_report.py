@@ -27,7 +27,7 @@ from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell
 from scripts.repro.run import Layout
 from scripts.repro.tables import Table, difference, name, verdict
-from scripts.repro.tuning import at_edge, chosen_lr, swept_rates
+from scripts.repro.tuning import chosen_lr, chosen_text, swept_rates
 
 METRIC = "test_loss"
 LABELS = {"eva": "Eva (on SGD)", "eva_adamw": "Eva (on AdamW)"}
@@ -66,7 +66,7 @@ class Setting:
     runs: list[Run]
     sweep: list[Cell]
     rates: tuple[float, ...]
-    edge: bool
+    chosen: str
 
     @property
     def final(self) -> Cell:
@@ -96,15 +96,9 @@ def settings(target: Target, runs: list[Run], layout: Layout) -> list[Setting]:
             mine += [by_dir[layout.run_dir(final, run)] for run in final.runs()]
         sweep_cells = [cell([r], METRIC) for r in seed0]
         label = setting_label(tuned)
-        out.append(Setting(tuned, label, lr, mine, sweep_cells, rates, at_edge(tuned, layout)))
+        chosen = chosen_text(tuned, layout)
+        out.append(Setting(tuned, label, lr, mine, sweep_cells, rates, chosen))
     return out
-
-
-def _chosen(setting: Setting) -> str:
-    """The chosen-lr cell: the rate, marked when it is an edge of the (extended) sweep."""
-    if setting.lr is None:
-        return "sweep unfinished"
-    return fmt(setting.lr) + (" (edge of sweep)" if setting.edge else "")
 
 
 def _time_to(setting: Setting, goal: float | None, ms: float | None) -> str:
@@ -153,7 +147,7 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
             [
                 s.label,
                 sweep,
-                _chosen(s),
+                s.chosen,
                 s.final.text(3) if s.lr is not None else "not run",
                 cell(s.runs, "test_bpb").text(3) if s.lr is not None else "not run",
                 verdict(diff),

@@ -15,7 +15,7 @@ from typing import Any
 from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell, paper_numbers, paper_value, select
 from scripts.repro.run import Layout
-from scripts.repro.tuning import at_edge, chosen_lr, swept_rates
+from scripts.repro.tuning import chosen_lr, chosen_text, swept_rates
 
 NAMES = {
     "sgd": "SGD",
@@ -158,9 +158,7 @@ def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
         label = setting_name(tuned.fixed)
         if final is not None:
             cells[label] = final
-        chosen = "sweep unfinished" if lr is None else fmt(lr)
-        chosen += " (edge of sweep)" if at_edge(tuned, layout) else ""
-        rows.append([label, *sweep, chosen])
+        rows.append([label, *sweep, chosen_text(tuned, layout)])
         rows[-1].append(final.text() if final else "not run")
         paper_col = str(tuned.fixed["optimizer"])
         paper = _paper(

@@ -17,7 +17,7 @@ import math
 from typing import TYPE_CHECKING
 
 from harness.records import RunRecord, finished_run
-from scripts.repro.grids import Sweep, Tuned
+from scripts.repro.grids import Sweep, Tuned, fmt
 
 if TYPE_CHECKING:  # run.py imports this module
     from scripts.repro.run import Layout
@@ -90,7 +90,11 @@ def chosen_lr(tuned: Tuned, layout: Layout) -> float | None:
     return _best(sweep_scores(tuned, layout))
 
 
-def at_edge(tuned: Tuned, layout: Layout) -> bool:
-    """Whether the chosen rate is the largest or smallest rate swept (the best may lie beyond)."""
+def chosen_text(tuned: Tuned, layout: Layout) -> str:
+    """The renders' chosen-lr cell: the rate, marked ``(edge of sweep)`` when it is the largest or
+    smallest rate swept (the best may lie beyond), or ``sweep unfinished``."""
     rates, lr = swept_rates(tuned, layout), chosen_lr(tuned, layout)
-    return lr is not None and len(rates) > 1 and lr in (rates[0], rates[-1])
+    if lr is None:
+        return "sweep unfinished"
+    edge = len(rates) > 1 and lr in (rates[0], rates[-1])
+    return fmt(lr) + (" (edge of sweep)" if edge else "")
