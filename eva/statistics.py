@@ -127,6 +127,12 @@ _cached_patch_operators = functools.lru_cache(maxsize=1024)(_patch_operators)
 graph."""
 
 
+def clear_caches() -> None:
+    """Forget the cached patch operators and 1/n vectors (after changing ``PATCH_MATRIX_MAX``)."""
+    _cached_patch_operators.cache_clear()
+    _cached_ones_over_n.cache_clear()
+
+
 def zero_padded(conv: nn.Conv2d) -> bool:
     """Numeric zero padding: the case the patch operators take (others unfold), and where a
     convolution saves its input itself (no padded copy, :mod:`eva.saved_input`)."""

@@ -11,7 +11,7 @@ Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/benc
 (Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/`` (the language-model comparison ``lm``, not a
 paper artifact: to ``<results>/lm/`` at SCALE=cpu, ``<results>/lm/paper/`` at SCALE=paper).
 With complete records a target only re-renders; ``--force`` reruns it. What each target runs at
-each scale: ``scripts/repro/grids.py``.
+each scale: ``scripts/repro/grids.py`` (the paper's), ``scripts/repro/lm_grid.py`` (``lm``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.repro.grids import SCALES, TARGETS, target
 from scripts.repro.pool import stop_on_sigterm
 from scripts.repro.render import render
 from scripts.repro.run import Layout, run_targets
+from scripts.repro.sweeps import SCALES
+from scripts.repro.targets import TARGETS, target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

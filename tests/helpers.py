@@ -1,6 +1,7 @@
 """Small shared test utilities: tiny models (``TinyMLP``, ``TinyCNN``, ``BatchNormCNN``, the
-BatchNorm network ``ConvBN``), deterministic batches, a train-steps runner, parameter counts and
-helpers to build any registered preconditioner with only the keyword arguments it accepts."""
+BatchNorm network ``ConvBN``), deterministic batches, a train-steps runner, parameter counts, the
+registry's names (``NAMES``, ``STAT_NAMES``) and helpers to build any registered preconditioner
+with only the keyword arguments it accepts."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ Batch = tuple[Tensor, Tensor]
 def registry_names() -> list[str]:
     """Config names of all registered preconditioners (new ones are covered automatically)."""
     return sorted(eva.PRECONDITIONERS)
+
+
+NAMES = registry_names()
+"""Every registered preconditioner's config name (for ``parametrize``)."""
+STAT_NAMES = [n for n in NAMES if eva.PRECONDITIONERS[n].statistics_needed]
+"""The registered preconditioners that capture layer statistics (``statistics_needed``)."""
 
 
 def accepted_kwargs(cls: type) -> set[str]:

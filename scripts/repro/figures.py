@@ -15,9 +15,9 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from scripts.repro.grids import Target
 from scripts.repro.records import Run, cell, paper_value, select
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Target
 from scripts.repro.tables import difference, name, verdict
 
 STYLE = {

@@ -1,14 +1,8 @@
-"""What each paper table and figure runs, at each scale: Hydra sweeps and benchmark calls.
+"""The paper's tables and figures (``table4`` ... ``fig8``): what each runs at each scale.
 
-A :class:`Target` (``table4`` ... ``fig8``) lists
-
-- :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
-  are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
-- :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
-  best rate (Table 4 and Fig. 5 at the reduced scales, and ``lm``: each method at its own best lr);
-- :class:`BenchJob` objects: one ``python -m scripts.bench`` call each (Tables 5, 8, 10; ``lm``
-  times the experiment's own settings with ``--experiment``/``--setting``);
-- ``not_run``: the rows or panels that this scale cannot produce, each with the reason.
+Most are Hydra sweeps (:class:`~scripts.repro.sweeps.Sweep`); Table 4 and Fig. 5 tune each
+method's learning rate at the reduced scales (:class:`~scripts.repro.sweeps.Tuned`); Tables 5, 8
+and 10 are benchmark calls (:class:`~scripts.repro.sweeps.BenchJob`).
 
 Scales (``SCALES``):
 
@@ -21,145 +15,11 @@ Scales (``SCALES``):
   the CPU benchmark. Datasets that are not here (CIFAR-100, ImageNet, FACES, CURVES) are
   reported as not run.
 - ``smoke`` — seconds, synthetic data: proves every target runs and renders end to end.
-
-Besides the paper's artifacts, ``lm`` compares optimizers on the byte-level GPT of
-``experiment=lm`` (not in the paper); its renders go to ``<results>/lm/`` (see :func:`lm`).
-
-A run's identity is its set of overrides: its directory is Hydra's ``override_dirname`` (the
-sorted ``key=value`` overrides joined by commas) under ``<out_root>/<group of the preset>/``, so
-two targets that ask for the same run share it (Table 9's Eva is Table 4's Eva).
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-
-SCALES = ("paper", "cpu", "smoke")
-Value = str | int | float
-
-
-def fmt(value: Value) -> str:
-    """A value as it appears in an override (and so in the run's directory name)."""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """One Hydra multirun: a preset, fixed hyper-parameters and the axes swept over."""
-
-    experiment: str
-    axes: dict[str, tuple[Value, ...]]
-    fixed: dict[str, Value] = field(default_factory=dict)
-
-    def runs(self) -> list[dict[str, str]]:
-        """Every run of the sweep as ``{override key: value}`` (fixed keys included)."""
-        keys = list(self.axes)
-        combos = itertools.product(*(self.axes[k] for k in keys))
-        fixed = {k: fmt(v) for k, v in self.fixed.items()}
-        return [fixed | {k: fmt(v) for k, v in zip(keys, combo, strict=True)} for combo in combos]
-
-    def overrides(self) -> list[str]:
-        """The multirun command line: ``experiment=...``, fixed keys, ``key=v1,v2`` axes."""
-        fixed = [f"{k}={fmt(v)}" for k, v in self.fixed.items()]
-        axes = [f"{k}={','.join(fmt(v) for v in values)}" for k, values in self.axes.items()]
-        return [f"experiment={self.experiment}", *fixed, *axes]
-
-
-def run_dirname(run: dict[str, str]) -> str:
-    """Hydra's ``override_dirname`` of a run (see ``exclude_keys`` in :mod:`scripts.repro.run`)."""
-    return ",".join(sorted(f"{k}={v}" for k, v in run.items()))
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """Runs at a learning rate chosen by a sweep, as the paper tunes each method on its own.
-
-    First ``seeds[0]`` at every rate of ``lrs`` (:meth:`sweep`); once all of those finished, the
-    other seeds at the rate whose run ended with the best final ``metric`` (:meth:`final`; see
-    :func:`scripts.repro.tuning.chosen_lr`): the highest for an accuracy, the lowest for a loss
-    (:attr:`minimise`). The chosen rate's seed-0 run is one of the final seeds, so the rate is
-    picked on one of the runs it is reported with (a small optimistic bias, the same for every
-    method).
-
-    A best rate at the edge of the sweep says little: with ``extend`` > 0 the sweep grows by one
-    rate past that edge (:meth:`beyond`, the grid's own ratio) and is judged again, up to
-    ``extend`` extra rates (:func:`scripts.repro.tuning.swept_rates`).
-    """
-
-    experiment: str
-    lrs: tuple[float, ...]
-    seeds: tuple[int, ...]
-    fixed: dict[str, Value] = field(default_factory=dict)
-    metric: str = "test_acc"
-    extend: int = 0
-
-    @property
-    def minimise(self) -> bool:
-        """Whether a lower final ``metric`` is better (losses and bits per byte)."""
-        return self.metric.endswith(("_loss", "_bpb"))
-
-    def sweep(self, rates: tuple[float, ...] | None = None) -> Sweep:
-        """The learning-rate sweep (first seed only) over ``rates`` (default: :attr:`lrs`; the
-        rates swept so far, extensions included, come from
-        :func:`scripts.repro.tuning.current_sweep`)."""
-        return Sweep(
-            self.experiment,
-            {"optimizer.lr": self.lrs if rates is None else rates},
-            self.fixed | {"seed": self.seeds[0]},
-        )
-
-    def beyond(self, rates: tuple[float, ...], best: float) -> float | None:
-        """The next rate past the edge of ``rates`` that ``best`` sits on (one step of the
-        grid's ratio ``lrs[1] / lrs[0]``), or None when ``best`` is inside the sweep or the
-        extensions are used up."""
-        if len(self.lrs) < 2 or len(rates) - len(self.lrs) >= self.extend:
-            return None
-        ratio = self.lrs[1] / self.lrs[0]
-        if best == max(rates):
-            return float(f"{max(rates) * ratio:.6g}")
-        if best == min(rates):
-            return float(f"{min(rates) / ratio:.6g}")
-        return None
-
-    def final(self, lr: float) -> Sweep:
-        """The remaining seeds at the chosen rate (its first-seed run is the sweep's)."""
-        return Sweep(self.experiment, {"seed": self.seeds[1:]}, self.fixed | {"optimizer.lr": lr})
-
-    @property
-    def label(self) -> str:
-        """The tuned setting without its rate: ``optimizer=eva,optimizer.stat_batch=16``."""
-        return ",".join(
-            f"{k}={fmt(v)}" for k, v in self.fixed.items() if k not in ("model", "dataset")
-        )
-
-
-@dataclass(frozen=True)
-class BenchJob:
-    """One benchmark call (``script``, default the module ``scripts.bench``, with ``args`` and then
-    ``--out <bench folder> --name <name>``); ``name`` is its output stem under ``<out>/bench/``."""
-
-    name: str
-    args: tuple[str, ...]
-    script: str = "scripts.bench"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Everything one table or figure needs at one scale."""
-
-    name: str
-    scale: str
-    title: str
-    what_ran: str
-    sweeps: tuple[Sweep, ...] = ()
-    bench: tuple[BenchJob, ...] = ()
-    tuned: tuple[Tuned, ...] = ()
-    not_run: tuple[str, ...] = ()
-    settings: dict[str, object] = field(default_factory=dict)
-    renders: str | None = None
-    """Folder under the results folder for the renders; None: ``<scale>/`` (the paper's)."""
-
+from scripts.repro.sweeps import TUNED_EXTEND, BenchJob, Sweep, Target, Tuned, Value
 
 # Learning rates the paper tuned per optimizer but does not list: ours (CIFAR batch 512 / AE).
 CIFAR_LR = {"adagrad": 0.05, "adamw": 0.002}
@@ -189,9 +49,6 @@ FULL_DATA = (
 )
 TUNED_LRS = {"cpu": (0.05, 0.1, 0.2), "smoke": (0.05, 0.1)}
 """Learning rates each Table 4 method is swept over at the reduced scales (seed 0)."""
-TUNED_EXTEND = {"paper": 1, "cpu": 1, "smoke": 0}
-"""Extra rates a tuned sweep may add past an edge its best rate sits on (``Tuned.extend``); none
-at the smoke scale, whose runs only check that everything runs (the tests fabricate extensions)."""
 AUTHORS_STAT_BATCH = 16
 """The authors' runs took Kronecker vectors / factors from the first 16 samples of each batch."""
 
@@ -761,105 +618,3 @@ def table8(scale: str) -> Target:
         not_run=() if scale != "cpu" else ("32-GPU throughput: one CPU process here",),
         settings={"batch": {"sgd": large, "eva": large, "kfac@50": small, "shampoo@50": small}},
     )
-
-
-LM_LRS = {
-    "cpu": {"adamw": (1e-3, 2e-3, 4e-3), "sgd": (0.03, 0.1, 0.3)},
-    "smoke": {"adamw": (1e-3, 4e-3), "sgd": (0.03, 0.3)},
-}
-"""Learning rates the ``lm`` settings are swept over (seed 0), per family: AdamW's around
-``experiment=lm``'s 2e-3; SGD's around 0.1 (conf/experiment/lm.yaml: 0.5 diverges)."""
-LM_SGD_WEIGHT_DECAY = 5e-4
-"""SGD-based ``lm`` settings' weight decay (the sgd preset's): ``experiment=lm`` sets AdamW's
-decoupled 0.1, which every optimizer would otherwise inherit as a coupled L2 term."""
-LM_SMALL_DAMPING = 1e-9
-"""Eva's damping at which its rank-one term acts on the GPT: along AdamW's trajectory
-‖ā‖²‖b̄‖² is 1e-9 to 1e-6 per layer (median ~4e-8 after 40 steps), so that
-‖ā‖²‖b̄‖² / (γ + ‖ā‖²‖b̄‖²) is ~0.95 (median over layers) instead of ~0 at γ = 0.03."""
-
-
-def lm_settings() -> tuple[tuple[str, dict[str, Value]], ...]:
-    """The ``lm`` comparison: (lr family, fixed overrides) per setting."""
-    sgd_wd: dict[str, Value] = {"optimizer.weight_decay": LM_SGD_WEIGHT_DECAY}
-    return (
-        ("adamw", {"optimizer": "adamw"}),
-        ("sgd", {"optimizer": "sgd"} | sgd_wd),
-        ("sgd", {"optimizer": "eva"} | sgd_wd),
-        ("adamw", {"optimizer": "eva_adamw"}),
-        ("adamw", {"optimizer": "eva_adamw", "optimizer.damping": LM_SMALL_DAMPING}),
-        ("sgd", {"optimizer": "kfac"} | sgd_wd),
-        ("sgd", {"optimizer": "shampoo"} | sgd_wd),
-    )
-
-
-def lm(scale: str) -> Target:
-    """Optimizers on the byte-level GPT (``experiment=lm``; not a paper experiment): each setting
-    at its best lr by final validation loss, 2 seeds; renders into ``<results>/lm/``."""
-    lrs = LM_LRS["smoke" if scale == "smoke" else "cpu"]
-    exp = "smoke_lm" if scale == "smoke" else "lm"
-    seeds = (0, 1)
-    tuned = tuple(
-        Tuned(exp, lrs[family], seeds, fixed, metric="test_loss", extend=TUNED_EXTEND[scale])
-        for family, fixed in lm_settings()
-    )
-    labels = tuple(t.label for t in tuned)
-    steps = ("--steps", "3", "--warmup", "1") if scale == "smoke" else ("--steps", "30")
-    bench = BenchJob(
-        f"steptime-{scale}-lm",
-        ("--experiment", exp, *steps, *(a for label in labels for a in ("--setting", label))),
-    )
-    what = {
-        "paper": "the paper has no language-model experiment: SCALE=paper runs the cpu grid "
-        "unchanged (records under runs/paper/, renders under lm/paper/)",
-        "cpu": "`experiment=lm` as it is",
-        "smoke": "smoke: `experiment=smoke_lm` (a 1-layer GPT of width 16, 2 epochs of 3 steps)",
-    }[scale]
-    recipe = (
-        ""
-        if scale == "smoke"
-        else ": a 4-layer GPT (width 128, context 128), 5 epochs of 100 steps of 32 windows of "
-        "128 bytes, cosine schedule after 20 warmup steps"
-    )
-    return Target(
-        "lm",
-        scale,
-        "Byte-level GPT on the Python standard library: validation loss of AdamW, SGD, Eva, "
-        "K-FAC and Shampoo, each at its best learning rate",
-        f"{what}{recipe}; lr swept per setting with seed 0 (AdamW-based {lrs['adamw']}, "
-        f"SGD-based {lrs['sgd']}; one more rate past the edge when the best sits on it), then "
-        f"seeds {seeds} at the lr with the lowest final validation loss; SGD-based settings "
-        f"with weight decay {LM_SGD_WEIGHT_DECAY} (AdamW's: 0.1, decoupled); Eva and K-FAC at "
-        "damping 0.03 unless stated; step times measured alone, all "
-        f"settings in turn on the same batches (`{bench.name}` record)",
-        tuned=tuned,
-        bench=(bench,),
-        not_run=(
-            "Eva on SGD at a small damping: in a 10-step probe (damping 1e-9, lr 0.1 and 0.03) "
-            "it diverged; KL clipping bounds α²ν²pᵀg by κ, and with P ≈ G/γ the step's squared "
-            "norm is then κ/γ, huge for a small γ (under AdamW the scale cancels)",
-        ),
-        settings={"steptime": bench.name},
-        renders=None if scale == "smoke" else ("lm" if scale == "cpu" else "lm/paper"),
-    )
-
-
-BUILDERS = {
-    builder.__name__: builder
-    for builder in (table4, table5, table6, table7, table8, table9, table10)
-    + (fig3, fig4, fig5, fig6, fig7, fig8, lm)
-}
-TARGETS = tuple(BUILDERS)
-"""Every target, in the paper's order, then ``lm`` (ours)."""
-
-
-def target(name: str, scale: str) -> Target:
-    """The :class:`Target` called ``name`` at ``scale``.
-
-    Raises:
-        ValueError: an unknown target or scale (the message lists the valid ones).
-    """
-    if name not in BUILDERS:
-        raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-    return BUILDERS[name](scale)

@@ -23,9 +23,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from scripts.repro.figures import _grid, _legend, _style, mean_curve
-from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Target, Tuned, fmt
 from scripts.repro.tables import Table, difference, name, verdict
 from scripts.repro.tuning import chosen_lr, chosen_text, swept_rates
 
@@ -203,6 +203,6 @@ def _findings(
         "Eva and K-FAC at damping 0.03: the loss is a mean over batch × positions, so b̄ is tiny "
         "and ‖ā‖²‖b̄‖² ≪ γ; Eva then acts as its base optimizer (on SGD scaled by 1/γ) plus KL "
         "clipping. A row labelled with a smaller damping is Eva where the rank-one term acts "
-        "(‖ā‖²‖b̄‖² / (γ + ‖ā‖²‖b̄‖²) near 1; see `LM_SMALL_DAMPING` in scripts/repro/grids.py)."
+        "(‖ā‖²‖b̄‖² / (γ + ‖ā‖²‖b̄‖²) near 1; see `LM_SMALL_DAMPING` in scripts/repro/lm_grid.py)."
     )
     return lines

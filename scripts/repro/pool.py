@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.records import finished_run
-from scripts.repro.grids import Sweep, Target, Tuned
 from scripts.repro.run import ROOT, Layout, sweep_command
+from scripts.repro.sweeps import Sweep, Target, Tuned
 from scripts.repro.tuning import chosen_lr, current_sweep
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.records import RunRecord
-from scripts.repro.grids import Sweep, Target
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Sweep, Target
 from scripts.repro.tuning import chosen_lr, current_sweep
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from harness.records import atomic_write_text
 from scripts.repro import figures, lm_report, tables
-from scripts.repro.grids import Target
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Target
 
 OWN_TITLES = {"lm": "Language model"}
 """Titles of the targets that are not the paper's."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.records import finished_run
-from scripts.repro.grids import Sweep, Target, run_dirname
+from scripts.repro.sweeps import Sweep, Target, run_dirname
 from scripts.repro.tuning import chosen_lr, current_sweep
 
 ROOT = Path(__file__).resolve().parents[2]

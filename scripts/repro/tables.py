@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from scripts.repro.grids import Target, Tuned, fmt
 from scripts.repro.records import Cell, Run, cell, paper_numbers, paper_value, select
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Target, Tuned, fmt
 from scripts.repro.tuning import chosen_lr, chosen_text, swept_rates
 
 NAMES = {

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from scripts.repro.grids import Target
 from scripts.repro.records import Run, cell, paper_value, select
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Target
 from scripts.repro.tables import difference, name, setting_name, tuned_runs, verdict
 from scripts.repro.tuning import chosen_lr
 

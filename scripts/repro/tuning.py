@@ -1,7 +1,7 @@
-"""Which learning rate a :class:`~scripts.repro.grids.Tuned` setting chose, from its records.
+"""Which learning rate a :class:`~scripts.repro.sweeps.Tuned` setting chose, from its records.
 
 The choice is the rate whose sweep run (first seed) ended with the best final value of the
-setting's ``metric`` (:attr:`~scripts.repro.grids.Tuned.metric`): the highest test accuracy by
+setting's ``metric`` (:attr:`~scripts.repro.sweeps.Tuned.metric`): the highest test accuracy by
 default (the lowest test loss for tasks without accuracy), the lowest for a loss such as the
 language model's ``test_loss``; a diverged run ranks last; ties go to the smaller rate. Nothing
 is chosen until every sweep run has finished, so the final seeds never start from a partial
@@ -17,7 +17,7 @@ import math
 from typing import TYPE_CHECKING
 
 from harness.records import RunRecord, finished_run
-from scripts.repro.grids import Sweep, Tuned, fmt
+from scripts.repro.sweeps import Sweep, Tuned, fmt
 
 if TYPE_CHECKING:  # run.py imports this module
     from scripts.repro.run import Layout
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # run.py imports this module
 def swept_rates(tuned: Tuned, layout: Layout) -> tuple[float, ...]:
     """The rates of the setting's sweep so far, ascending: ``tuned.lrs``, plus one rate past an
     edge for each time a finished sweep's best rate sat on that edge (at most ``tuned.extend``;
-    see :meth:`~scripts.repro.grids.Tuned.beyond`). A rate added last may not have run yet."""
+    see :meth:`~scripts.repro.sweeps.Tuned.beyond`). A rate added last may not have run yet."""
     rates = tuple(sorted(tuned.lrs))
     while True:
         scores = _scores(tuned, rates, layout)

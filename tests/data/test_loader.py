@@ -115,19 +115,29 @@ def test_sharding_two_ranks_covers_epoch_disjointly():
 
 
 def test_crop_and_flip_match_a_per_image_reference():
+    """Each image is exactly one crop of its zero-padded original, flipped or not (all 81 offsets
+    and both flips tried; random pixels make the match unique), and the draws vary."""
     x, y = synthetic_classification(12, (3, 10, 10), 2, seed=4)
     loader = TensorLoader(x, y, 12, crop_padding=4, flip=True, shuffle=False, seed=9)
-    draws = loader._draw_epoch()
     [(batch, labels)] = list(loader)
     assert batch.shape == (12, 3, 10, 10) and batch.dtype == torch.float32
     assert torch.equal(labels, y)
+    draws = []
     for i in range(12):
-        top, left = draws["offsets"][i].tolist()
-        crop = F.pad(x[i], (4, 4, 4, 4))[:, top : top + 10, left : left + 10]
-        if draws["flips"][i]:
-            crop = crop.flip(-1)
-        assert torch.allclose(batch[i], crop.float() / 255)
-    assert draws["flips"].any() and not draws["flips"].all()
+        padded = F.pad(x[i], (4, 4, 4, 4))
+        matches = []
+        for top in range(9):
+            for left in range(9):
+                crop = padded[:, top : top + 10, left : left + 10]
+                for flip in (False, True):
+                    reference = crop.flip(-1) if flip else crop
+                    if torch.allclose(batch[i], reference.float() / 255):
+                        matches.append((top, left, flip))
+        assert len(matches) == 1, (i, matches)
+        draws += matches
+    flips = [flip for _, _, flip in draws]
+    assert any(flips) and not all(flips)
+    assert len({(top, left) for top, left, _ in draws}) > 1
 
 
 def test_normalisation_and_autoencoder_targets():

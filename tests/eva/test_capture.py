@@ -19,6 +19,8 @@ from eva import Eva
 from tests.dense_reference import im2col_rows
 from tests.helpers import (
     DTYPE,
+    NAMES,
+    STAT_NAMES,
     TinyMLP,
     accepted_kwargs,
     assert_params_equal,
@@ -27,16 +29,12 @@ from tests.helpers import (
     forward_backward,
     image_batches,
     make_model,
-    registry_names,
     sgd,
     train_steps,
     vector_batches,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost time
-
-NAMES = registry_names()
-STAT_NAMES = [n for n in NAMES if eva.PRECONDITIONERS[n].statistics_needed]
 
 
 def pending_snapshot(pre) -> dict[str, dict[str, tuple[Tensor, int]]]:

@@ -15,19 +15,17 @@ import eva
 from eva import Eva
 from tests.helpers import (
     DTYPE,
+    NAMES,
     build,
     forward_backward,
     grads,
     image_batches,
     make_model,
-    registry_names,
     sgd,
     vector_batches,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost time
-
-NAMES = registry_names()
 
 
 # ---------------------------------------------------------------------------------------------

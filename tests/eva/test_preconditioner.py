@@ -21,6 +21,8 @@ from torch import nn
 
 import eva
 from tests.helpers import (
+    NAMES,
+    STAT_NAMES,
     TinyMLP,
     accepted_kwargs,
     assert_params_equal,
@@ -30,15 +32,11 @@ from tests.helpers import (
     grads,
     image_batches,
     make_model,
-    registry_names,
     sgd,
     train_steps,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost time
-
-NAMES = registry_names()
-STAT_NAMES = [n for n in NAMES if eva.PRECONDITIONERS[n].statistics_needed]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +208,7 @@ def test_load_state_dict_with_other_layers_raises(name):
         build(cls, smaller, sgd(smaller)).load_state_dict(pre.state_dict())
 
 
-@pytest.mark.parametrize("name", registry_names())
+@pytest.mark.parametrize("name", NAMES)
 def test_unknown_option_is_a_type_error(name):
     model = make_model()
     with pytest.raises(TypeError, match="dampnig"):

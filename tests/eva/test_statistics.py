@@ -29,9 +29,9 @@ CONVS = [
 @pytest.fixture
 def fresh_operators():
     """No patch operator cached from another test (their form depends on PATCH_MATRIX_MAX)."""
-    statistics._cached_patch_operators.cache_clear()
+    statistics.clear_caches()
     yield
-    statistics._cached_patch_operators.cache_clear()
+    statistics.clear_caches()
 
 
 @pytest.mark.parametrize("options", CONVS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from scripts.repro.grids import TARGETS, target
 from scripts.repro.run import Layout, pending
+from scripts.repro.targets import TARGETS, target
 from scripts.repro.tuning import swept_rates
 from tests.repository import ROOT
 from tests.scripts.repro.fabricate import LABELS

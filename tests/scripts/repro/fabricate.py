@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from harness.records import RunRecord
-from scripts.repro.grids import Sweep, target
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import Sweep
+from scripts.repro.targets import target
 from scripts.repro.tuning import chosen_lr
 
 

@@ -1,5 +1,6 @@
-"""``scripts/repro/grids.py``: every run of every target composes into its preset group, shared
-runs are one directory named as Hydra names it, the ``lm`` grid per scale.
+"""The grids (``scripts/repro/grids.py``, ``lm_grid.py``; by name in ``targets.py``): every run of
+every target composes into its preset group, shared runs are one directory named as Hydra names
+it (``sweeps.run_dirname``), the ``lm`` grid per scale.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.records import RunRecord
-from scripts.repro.grids import SCALES, TARGETS, Sweep, run_dirname, target
 from scripts.repro.run import EXCLUDE_KEYS, Layout
+from scripts.repro.sweeps import SCALES, Sweep, run_dirname
+from scripts.repro.targets import TARGETS, target
 from tests.repository import ROOT
 from tests.scripts.repro.fabricate import LABELS
 

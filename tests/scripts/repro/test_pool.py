@@ -10,8 +10,8 @@ from dataclasses import replace
 
 from harness.records import RunRecord, finished_run
 from scripts.repro import pool as repro_pool
-from scripts.repro.grids import target
 from scripts.repro.run import Layout
+from scripts.repro.targets import target
 from scripts.repro.tuning import chosen_lr
 from tests.repository import ROOT
 
@@ -94,7 +94,7 @@ def test_sigterm_stops_the_runs_too(tmp_path):
         "import sys\n"
         "from pathlib import Path\n"
         "from scripts.repro import pool\n"
-        "from scripts.repro.grids import target\n"
+        "from scripts.repro.targets import target\n"
         "from scripts.repro.run import Layout\n"
         "sleeper = [sys.executable, '-c', 'import time; time.sleep(121)']\n"
         "pool.sweep_command = lambda *args, **kwargs: sleeper\n"

@@ -8,9 +8,9 @@ import json
 
 from harness.records import RunRecord
 from scripts.repro import records as repro_records
-from scripts.repro.grids import target
 from scripts.repro.render import render
 from scripts.repro.run import Layout, pending
+from scripts.repro.targets import target
 from tests.scripts.repro.fabricate import fabricate, fabricate_lm_target
 
 

@@ -5,9 +5,9 @@ what is reported rather than run, and the commands of a dry run.
 from __future__ import annotations
 
 from scripts.repro import run as repro_run
-from scripts.repro.grids import target
 from scripts.repro.render import render
 from scripts.repro.run import Layout
+from scripts.repro.targets import target
 from scripts.repro.tuning import chosen_lr
 from tests.scripts.repro.fabricate import fabricate
 

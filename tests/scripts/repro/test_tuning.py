@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scripts.repro.grids import target
 from scripts.repro.run import Layout, pending
+from scripts.repro.targets import target
 from scripts.repro.tuning import chosen_lr
 from tests.scripts.repro.fabricate import fabricate_lm_run, fabricate_lm_target
 

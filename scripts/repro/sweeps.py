@@ -1,0 +1,153 @@
+"""What a reproduction target is made of: Hydra sweeps, tuned learning rates, benchmark calls.
+
+A :class:`Target` (one paper table or figure, or ``lm``, at one of the ``SCALES``) lists
+
+- :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
+  are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
+- :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
+  best rate;
+- :class:`BenchJob` objects: one ``python -m scripts.bench`` call each;
+- ``not_run``: the rows or panels that its scale cannot produce, each with the reason.
+
+A run's identity is its set of overrides: its directory is Hydra's ``override_dirname`` (the
+sorted ``key=value`` overrides joined by commas, :func:`run_dirname`) under
+``<out_root>/<group of the preset>/``, so two targets that ask for the same run share it (Table
+9's Eva is Table 4's Eva).
+
+The targets themselves: :mod:`scripts.repro.grids` (the paper's), :mod:`scripts.repro.lm_grid`
+(``lm``), by name in :mod:`scripts.repro.targets`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+SCALES = ("paper", "cpu", "smoke")
+"""The scales every target is defined at (described in :mod:`scripts.repro.grids`)."""
+TUNED_EXTEND = {"paper": 1, "cpu": 1, "smoke": 0}
+"""Extra rates a tuned sweep may add past an edge its best rate sits on (``Tuned.extend``); none
+at the smoke scale, whose runs only check that everything runs (the tests fabricate extensions)."""
+Value = str | int | float
+
+
+def fmt(value: Value) -> str:
+    """A value as it appears in an override (and so in the run's directory name)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One Hydra multirun: a preset, fixed hyper-parameters and the axes swept over."""
+
+    experiment: str
+    axes: dict[str, tuple[Value, ...]]
+    fixed: dict[str, Value] = field(default_factory=dict)
+
+    def runs(self) -> list[dict[str, str]]:
+        """Every run of the sweep as ``{override key: value}`` (fixed keys included)."""
+        keys = list(self.axes)
+        combos = itertools.product(*(self.axes[k] for k in keys))
+        fixed = {k: fmt(v) for k, v in self.fixed.items()}
+        return [fixed | {k: fmt(v) for k, v in zip(keys, combo, strict=True)} for combo in combos]
+
+    def overrides(self) -> list[str]:
+        """The multirun command line: ``experiment=...``, fixed keys, ``key=v1,v2`` axes."""
+        fixed = [f"{k}={fmt(v)}" for k, v in self.fixed.items()]
+        axes = [f"{k}={','.join(fmt(v) for v in values)}" for k, values in self.axes.items()]
+        return [f"experiment={self.experiment}", *fixed, *axes]
+
+
+def run_dirname(run: dict[str, str]) -> str:
+    """Hydra's ``override_dirname`` of a run (see ``exclude_keys`` in :mod:`scripts.repro.run`)."""
+    return ",".join(sorted(f"{k}={v}" for k, v in run.items()))
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """Runs at a learning rate chosen by a sweep, as the paper tunes each method on its own.
+
+    First ``seeds[0]`` at every rate of ``lrs`` (:meth:`sweep`); once all of those finished, the
+    other seeds at the rate whose run ended with the best final ``metric`` (:meth:`final`; see
+    :func:`scripts.repro.tuning.chosen_lr`): the highest for an accuracy, the lowest for a loss
+    (:attr:`minimise`). The chosen rate's seed-0 run is one of the final seeds, so the rate is
+    picked on one of the runs it is reported with (a small optimistic bias, the same for every
+    method).
+
+    A best rate at the edge of the sweep says little: with ``extend`` > 0 the sweep grows by one
+    rate past that edge (:meth:`beyond`, the grid's own ratio) and is judged again, up to
+    ``extend`` extra rates (:func:`scripts.repro.tuning.swept_rates`).
+    """
+
+    experiment: str
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    fixed: dict[str, Value] = field(default_factory=dict)
+    metric: str = "test_acc"
+    extend: int = 0
+
+    @property
+    def minimise(self) -> bool:
+        """Whether a lower final ``metric`` is better (losses and bits per byte)."""
+        return self.metric.endswith(("_loss", "_bpb"))
+
+    def sweep(self, rates: tuple[float, ...] | None = None) -> Sweep:
+        """The learning-rate sweep (first seed only) over ``rates`` (default: :attr:`lrs`; the
+        rates swept so far, extensions included, come from
+        :func:`scripts.repro.tuning.current_sweep`)."""
+        return Sweep(
+            self.experiment,
+            {"optimizer.lr": self.lrs if rates is None else rates},
+            self.fixed | {"seed": self.seeds[0]},
+        )
+
+    def beyond(self, rates: tuple[float, ...], best: float) -> float | None:
+        """The next rate past the edge of ``rates`` that ``best`` sits on (one step of the
+        grid's ratio ``lrs[1] / lrs[0]``), or None when ``best`` is inside the sweep or the
+        extensions are used up."""
+        if len(self.lrs) < 2 or len(rates) - len(self.lrs) >= self.extend:
+            return None
+        ratio = self.lrs[1] / self.lrs[0]
+        if best == max(rates):
+            return float(f"{max(rates) * ratio:.6g}")
+        if best == min(rates):
+            return float(f"{min(rates) / ratio:.6g}")
+        return None
+
+    def final(self, lr: float) -> Sweep:
+        """The remaining seeds at the chosen rate (its first-seed run is the sweep's)."""
+        return Sweep(self.experiment, {"seed": self.seeds[1:]}, self.fixed | {"optimizer.lr": lr})
+
+    @property
+    def label(self) -> str:
+        """The tuned setting without its rate: ``optimizer=eva,optimizer.stat_batch=16``."""
+        return ",".join(
+            f"{k}={fmt(v)}" for k, v in self.fixed.items() if k not in ("model", "dataset")
+        )
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One benchmark call (``script``, default the module ``scripts.bench``, with ``args`` and then
+    ``--out <bench folder> --name <name>``); ``name`` is its output stem under ``<out>/bench/``."""
+
+    name: str
+    args: tuple[str, ...]
+    script: str = "scripts.bench"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything one table or figure needs at one scale."""
+
+    name: str
+    scale: str
+    title: str
+    what_ran: str
+    sweeps: tuple[Sweep, ...] = ()
+    bench: tuple[BenchJob, ...] = ()
+    tuned: tuple[Tuned, ...] = ()
+    not_run: tuple[str, ...] = ()
+    settings: dict[str, object] = field(default_factory=dict)
+    renders: str | None = None
+    """Folder under the results folder for the renders; None: ``<scale>/`` (the paper's)."""

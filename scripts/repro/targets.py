@@ -1,0 +1,43 @@
+"""Every reproduction target by name: the paper's tables and figures (:mod:`scripts.repro.grids`),
+then ``lm`` (:mod:`scripts.repro.lm_grid`)."""
+
+from __future__ import annotations
+
+from scripts.repro.grids import (
+    fig3,
+    fig4,
+    fig5,
+    fig6,
+    fig7,
+    fig8,
+    table4,
+    table5,
+    table6,
+    table7,
+    table8,
+    table9,
+    table10,
+)
+from scripts.repro.lm_grid import lm
+from scripts.repro.sweeps import SCALES, Target
+
+BUILDERS = {
+    builder.__name__: builder
+    for builder in (table4, table5, table6, table7, table8, table9, table10)
+    + (fig3, fig4, fig5, fig6, fig7, fig8, lm)
+}
+TARGETS = tuple(BUILDERS)
+"""Every target, in the paper's order, then ``lm`` (ours)."""
+
+
+def target(name: str, scale: str) -> Target:
+    """The :class:`Target` called ``name`` at ``scale``.
+
+    Raises:
+        ValueError: an unknown target or scale (the message lists the valid ones).
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    return BUILDERS[name](scale)
