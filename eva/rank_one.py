@@ -18,7 +18,9 @@ So no ``P`` is ever formed or allocated: one read of every gradient for ``G v``,
 norms, and two in-place passes, each a single ``torch._foreach`` call over all layers (the
 generic path allocates, copies and rescales every gradient several times). On the CPU, where
 the factors' values cost no device synchronisation, the two passes are one ``addmm_`` per layer
-and the norms BLAS dot products (:data:`CPU_FORMS`). With
+and the norms BLAS dot products (:data:`CPU_FORMS`; for the batched form see
+:meth:`RankOnePreconditioner._step_stacked_cpu`, which also keeps subnormal numbers out of the
+gradients, :func:`drop_subnormal_products`). With
 ``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
 the weight gradient, never concatenated.
 
@@ -30,6 +32,7 @@ kernels it launches, not by this arithmetic).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +65,26 @@ def row_dot(x: Tensor, y: Tensor) -> Tensor:
     same equation code serves one layer (1-D) and all layers at once (zero-padded rows, see
     :attr:`RankOnePreconditioner.rank_one_batched`)."""
     return (x * y).sum(-1, keepdim=True)
+
+
+def drop_subnormal_products(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``u`` and ``v`` (stacks of rows: one ``u vᵀ`` per row) with the entries zeroed whose every
+    product in ``u vᵀ`` would be subnormal or zero: ``|u_i|·‖v‖_∞`` resp. ``‖u‖_∞·|v_j|`` below
+    the smallest normal number of the dtype.
+
+    Why: on x86 CPUs an operation with a subnormal result takes a microcode assist, tens of
+    times slower, and PyTorch leaves flush-to-zero off. A ReLU unit that stays dead has exactly
+    zero statistics (b̄ of its output, ā of its input), so their running averages shrink by
+    ``1 − ξ`` per step and, for some twenty steps on their way to zero, ``u vᵀ`` (``u`` ∝ b̄,
+    ``v = ā``) writes subnormal numbers into the gradient, which the optimizer's step then reads
+    (on the 8-layer autoencoder at batch 1000: a quarter of a million entries at step 30, several
+    milliseconds per step). Each dropped product is smaller than the smallest normal number,
+    the change flush-to-zero would make.
+    """
+    tiny = torch.finfo(u.dtype).tiny
+    u_abs, v_abs = u.abs(), v.abs()
+    u_max, v_max = u_abs.amax(-1, keepdim=True), v_abs.amax(-1, keepdim=True)
+    return u.masked_fill(u_abs * v_max < tiny, 0), v.masked_fill(v_abs * u_max < tiny, 0)
 
 
 CPU_FORMS = True
@@ -111,11 +134,33 @@ def _write_fused(
 class RowStack:
     """A zero matrix whose row ``i`` starts with layer ``i``'s vector: per-layer vectors of
     different lengths as one ``(L, max length)`` tensor. The padding is never written, so it
-    stays zero; the matrix and its row views are kept from step to step."""
+    stays zero; the matrix, its row views and the views derived from them (:meth:`heads`,
+    :meth:`entries`) are kept from step to step: each view is one more operator call, and on the
+    CPU such calls, not arithmetic, are most of a step's cost outside the gradient passes."""
 
     def __init__(self, lengths: list[int], like: Tensor) -> None:
         self.matrix = like.new_zeros(len(lengths), max(lengths))
+        self.lengths = lengths
         self.rows = [row[:n] for row, n in zip(self.matrix, lengths, strict=True)]
+        self._views: dict[tuple[str, tuple[int, ...]], list[Tensor]] = {}
+
+    def heads(self, widths: list[int]) -> list[Tensor]:
+        """The first ``widths[i]`` entries of every row ``i`` (``v`` without its bias entry)."""
+        key = ("heads", tuple(widths))
+        views = self._views.get(key)
+        if views is None:
+            views = [row[:n] for row, n in zip(self.matrix, widths, strict=True)]
+            self._views[key] = views
+        return views
+
+    def entries(self, rows: list[int], positions: list[int]) -> list[Tensor]:
+        """Entry ``positions[k]`` of row ``rows[k]``, as length-1 views (``v``'s bias entry)."""
+        key = ("entries", (*rows, *positions))
+        views = self._views.get(key)
+        if views is None:
+            views = [self.matrix[i, p : p + 1] for i, p in zip(rows, positions, strict=True)]
+            self._views[key] = views
+        return views
 
 
 class RankOnePreconditioner(Preconditioner):
@@ -165,7 +210,7 @@ class RankOnePreconditioner(Preconditioner):
         weights = [weight_matrix(layer) for layer in layers]
         return None if any(w is None for w in weights) else weights  # type: ignore[return-value]
 
-    def _stack(self, tag: str, lengths: list[int], like: Tensor) -> RowStack:
+    def _stack(self, tag: Hashable, lengths: list[int], like: Tensor) -> RowStack:
         """The kept :class:`RowStack` for ``tag`` and these lengths."""
         key = (tag, tuple(lengths), like.dtype, like.device)
         rows = self.stacks.get(key)
@@ -177,9 +222,9 @@ class RankOnePreconditioner(Preconditioner):
 
     def _stacked(
         self, states: list[dict[str, Tensor]], weights: list[Tensor]
-    ) -> tuple[dict[str, Tensor], Tensor] | None:
+    ) -> tuple[dict[str, RowStack], RowStack] | None:
         """Every state key as an ``(L, m)`` zero-padded stack (one ``_foreach_copy_`` per key),
-        and the zero ``(L, max d_out)`` matrix that ``G v`` is written into; None when the states
+        and the zero ``(L, max d_out)`` stack that ``G v`` is written into; None when the states
         are not all vectors with the same keys, or the layers do not share one dtype and device."""
         keys = states[0].keys()
         like = weights[0]
@@ -196,9 +241,28 @@ class RankOnePreconditioner(Preconditioner):
             vectors = [s[key] for s in states]
             rows = self._stack(key, [t.numel() for t in vectors], like)
             torch._foreach_copy_(rows.rows, vectors)
-            stacked[key] = rows.matrix
-        gv = self._stack("G v", [w.shape[0] for w in weights], like).matrix
+            stacked[key] = rows
+        gv = self._stack("G v", [w.shape[0] for w in weights], like)
         return stacked, gv
+
+    @property
+    def _norms_needed(self) -> bool:
+        """Whether the scaling reads ``‖G_l‖²`` (not without scaling, nor KL clipping with
+        ``kl_clip=None``)."""
+        return self.scaling is not None and not (self.scaling == "kl_clip" and self.kl_clip is None)
+
+    def _factors(
+        self, scale: float, g_sq: Tensor, ugv: Tensor, uv_sq: Callable[[], Tensor]
+    ) -> Tensor:
+        """The scaling's factors (see the module docstring) from ``‖G_l‖²``, ``u_lᵀ G_l v_l`` and
+        (for grafting only, hence a callable) ``‖u_l‖²‖v_l‖²``: one per layer, or one for all."""
+        if self.scaling == "graft":
+            p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq()).clamp(min=0)  # rounded ≥ 0
+            return graft_factor(p_sq.sqrt(), g_sq.sqrt())
+        kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
+        if self.scaling == "kl_clip":
+            return kl_clip_factor(kl, self.lr, self.kl_clip)  # type: ignore[arg-type]
+        return kl_norm_factor(kl)
 
     def step_in_place(self, layers: list[Layer], operands: list[Tensor]) -> None:
         """Precondition, scale and write back every layer of ``layers`` (all ready, with weight
@@ -207,7 +271,8 @@ class RankOnePreconditioner(Preconditioner):
         With :attr:`rank_one_batched`, ``v``, ``u`` and every per-layer scalar are computed for
         all layers at once on zero-padded stacks: a fixed number of kernels whatever the number
         of layers, plus one ``G v`` product per layer (on a GPU the step is bound by kernel
-        launches, not arithmetic). Otherwise layer by layer.
+        launches, not arithmetic); on the CPU see :meth:`_step_stacked_cpu`. Otherwise layer by
+        layer.
         """
         weights = operands
         scale = self.rank_one_scale
@@ -216,16 +281,20 @@ class RankOnePreconditioner(Preconditioner):
             layer.module.bias.grad if self.include_bias and layer.has_bias else None  # type: ignore[union-attr]
             for layer in layers
         ]
+        batched = self.rank_one_batched and self._stacked(states, weights)
+        if batched and _cpu_forms(weights[0]):
+            self._step_stacked_cpu(weights, biases, *batched, scale)
+            return
         with_bias = [i for i, b in enumerate(biases) if b is not None]
         grads: list[Tensor] = [*weights, *(biases[i] for i in with_bias)]  # type: ignore[misc]
         d_in = [w.shape[1] + (b is not None) for w, b in zip(weights, biases, strict=True)]
-        batched = self.rank_one_batched and self._stacked(states, weights)
         if batched:
-            stacked, gv_matrix = batched
+            stacks, gv_rows = batched
+            stacked = {key: rows.matrix for key, rows in stacks.items()}
+            gv_matrix = gv_rows.matrix
             v_matrix = self.rank_one_vector(stacked)
             vs = [row[:n] for row, n in zip(v_matrix, d_in, strict=True)]
-            gvs = [row[: w.shape[0]] for row, w in zip(gv_matrix, weights, strict=True)]
-            for w, b, v, out in zip(weights, biases, vs, gvs, strict=True):
+            for w, b, v, out in zip(weights, biases, vs, gv_rows.rows, strict=True):
                 grad_times(w, b, v, out=out)
             u_matrix = self.rank_one_correction(stacked, gv_matrix)
         else:
@@ -234,32 +303,27 @@ class RankOnePreconditioner(Preconditioner):
             us = [self.rank_one_correction(s, gv) for s, gv in zip(states, gvs, strict=True)]
 
         factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
-        if self.scaling is not None and not (self.scaling == "kl_clip" and self.kl_clip is None):
+        if self._norms_needed:
             none = weights[0].new_zeros(0)  # norm 0 for a layer without a bias
             g_sq = squared_norms(weights) + squared_norms(
                 [none if b is None else b for b in biases]
             )  # ‖G_l‖²
             if batched:
-                ugv = row_dot(u_matrix, gv_matrix)[:, 0]  # u_lᵀ G_l v_l
+                factors = self._factors(
+                    scale,
+                    g_sq,
+                    row_dot(u_matrix, gv_matrix)[:, 0],  # u_lᵀ G_l v_l
+                    lambda: (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0],
+                )
             else:
-                ugv = torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)])
-            if self.scaling == "graft":
-                if batched:
-                    uv_sq = (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0]
-                else:
-                    uv_sq = torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)])
-                p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq).clamp(min=0)  # rounded ≥ 0
-                factors = graft_factor(p_sq.sqrt(), g_sq.sqrt())
-            else:
-                kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
-                if self.scaling == "kl_clip":
-                    factors = kl_clip_factor(kl, self.lr, self.kl_clip)  # type: ignore[arg-type]
-                else:
-                    factors = kl_norm_factor(kl)
+                factors = self._factors(
+                    scale,
+                    g_sq,
+                    torch.stack([u @ gv for u, gv in zip(us, gvs, strict=True)]),
+                    lambda: torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)]),
+                )
 
-        if _cpu_forms(weights[0]):
-            if batched:
-                us = [row[: w.shape[0]] for row, w in zip(u_matrix, weights, strict=True)]
+        if _cpu_forms(weights[0]):  # (layer by layer: the batched CPU step returned above)
             _write_fused(weights, biases, us, vs, factors, scale)
             return
         if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
@@ -283,4 +347,85 @@ class RankOnePreconditioner(Preconditioner):
                 [biases[i] for i in with_bias],  # type: ignore[misc]
                 [us[i] for i in with_bias],
                 [vs[i][-1:] for i in with_bias],
+            )
+
+    def _step_stacked_cpu(
+        self,
+        weights: list[Tensor],
+        biases: list[Tensor | None],
+        stacks: dict[str, RowStack],
+        gv_rows: RowStack,
+        scale: float,
+    ) -> None:
+        """The batched step on the CPU, where the three passes over the weight gradients (``G v``,
+        ``‖G‖²``, the write-back), subnormal numbers and the number of operator calls set the
+        cost:
+
+        - ``G_l v_l`` and ``‖G_l‖²`` back to back, layer by layer, so that the dot product reads
+          the gradient the product has just brought into the cache; the write-back is then one
+          ``addr_`` per layer (``G ← f s G + (f u) vᵀ`` in one pass, the factors as numbers);
+        - the biases (the last column of ``G``) in one ``torch._foreach`` call per operation;
+        - ``v``, ``G v`` and ``f u`` live in kept stacks whose row views are made once
+          (:class:`RowStack`), not sliced again at every step;
+        - products ``u_i v_j`` that would be subnormal are dropped
+          (:func:`drop_subnormal_products`).
+        """
+        like = weights[0]
+        d_w = [w.shape[1] for w in weights]
+        d_in = [n + (b is not None) for n, b in zip(d_w, biases, strict=True)]
+        d_out = gv_rows.lengths
+        with_bias = [i for i, b in enumerate(biases) if b is not None]
+        bias_grads: list[Tensor] = [biases[i] for i in with_bias]  # type: ignore[misc]
+        bias_at = [d_w[i] for i in with_bias]  # the bias entry of v
+        stacked = {key: rows.matrix for key, rows in stacks.items()}
+        v_matrix = self.rank_one_vector(stacked)
+        v_rows = next((rows for rows in stacks.values() if rows.matrix is v_matrix), None)
+        if v_rows is None:  # a vector computed from the state: copied into a stack of its own
+            v_rows = self._stack("v", d_in, like)
+            v_rows.matrix.copy_(v_matrix)
+
+        norms_needed = self._norms_needed
+        w_sq = []
+        for w, v, gv in zip(weights, v_rows.heads(d_w), gv_rows.rows, strict=True):
+            torch.mv(w, v, out=gv)
+            if norms_needed:
+                flat = w.view(-1)
+                w_sq.append(torch.dot(flat, flat))
+        if bias_grads:  # G v += b v_bias
+            torch._foreach_addcmul_(
+                [gv_rows.rows[i] for i in with_bias], bias_grads, v_rows.entries(with_bias, bias_at)
+            )
+        gv_matrix = gv_rows.matrix
+        u_matrix = self.rank_one_correction(stacked, gv_matrix)
+
+        factors: Tensor | float = 1.0  # one per layer (its bias too), or one for all
+        if norms_needed:
+            g_sq = torch.stack(w_sq)
+            if bias_grads:
+                b_sq = torch.stack(torch._foreach_norm(bias_grads)).square()
+                g_sq = g_sq.index_add(0, torch.tensor(with_bias), b_sq)
+            factors = self._factors(
+                scale,
+                g_sq,
+                row_dot(u_matrix, gv_matrix)[:, 0],
+                lambda: (row_dot(u_matrix, u_matrix) * row_dot(v_matrix, v_matrix))[:, 0],
+            )
+
+        if isinstance(factors, Tensor):  # as numbers (a CPU tensor's value needs no sync)
+            values = factors.tolist()
+            each = values if isinstance(values, list) else [values] * len(weights)
+            f_rows = factors[:, None] if factors.dim() else factors
+        else:
+            each, f_rows = [factors] * len(weights), factors
+        fu, v_written = drop_subnormal_products(u_matrix * f_rows, v_matrix)
+        # written whole at every step and read through their row views only
+        fu_rows, v_out = self._stack("f u", d_out, like), self._stack("v written", d_in, like)
+        fu_rows.matrix.copy_(fu)
+        v_out.matrix.copy_(v_written)
+        for w, u, v, f in zip(weights, fu_rows.rows, v_out.heads(d_w), each, strict=True):
+            w.addr_(u, v, beta=f * scale)
+        if bias_grads:  # b ← f s b + (f u) v_bias
+            torch._foreach_mul_(bias_grads, [each[i] * scale for i in with_bias])
+            torch._foreach_addcmul_(
+                bias_grads, [fu_rows.rows[i] for i in with_bias], v_out.entries(with_bias, bias_at)
             )

@@ -157,11 +157,12 @@ def test_batched_step_keeps_zero_padding_and_its_stacks() -> None:
         F.cross_entropy(model(x), y).backward()
         pre.step()
     stacks = dict(pre.stacks)
-    assert {key[0] for key in stacks} == {"a_mean", "g_mean", "G v"}
+    # the state and G v; on the CPU also f u and v as written back
+    assert {key[0] for key in stacks} == {"a_mean", "g_mean", "G v", "f u", "v written"}
     for (tag, lengths, *_), rows in stacks.items():
         for row, n in zip(rows.matrix, lengths, strict=True):
             assert not row[n:].any(), tag  # padding never written
-        if tag != "G v":
+        if tag in ("a_mean", "g_mean"):
             for layer, row in zip(pre.layers, rows.rows, strict=True):
                 torch.testing.assert_close(row, pre.state[layer.name][tag], rtol=0, atol=0)
     optimizer.zero_grad()
@@ -231,3 +232,21 @@ def test_non_finite_gradients_stay_non_finite_in_every_form(scaling, monkeypatch
     for cpu_forms in (True, False):
         for got, expected in zip(grads(cpu_forms), want, strict=True):
             assert torch.equal(got, expected), (cpu_forms, got, expected)
+
+
+def test_subnormal_products_are_dropped_and_nothing_else() -> None:
+    """``drop_subnormal_products`` zeroes an entry of ``u`` (``v``) only where its products with
+    all of ``v`` (``u``) are below the smallest normal number, so each dropped product is one
+    that flush-to-zero would drop; no subnormal remains in the rows and columns it cleans."""
+    tiny = torch.finfo(torch.float32).tiny
+    u = torch.tensor([[1e-3, 1e-37, 1e-39, 2.0], [1e-30, 1.0, 0.0, 0.0]])
+    v = torch.tensor([[0.5, 1e-36, 1e-40, 0.0], [1e-10, 3.0, 1e-9, 0.0]])
+    fu, fv = rank_one.drop_subnormal_products(u, v)
+    exact = {"rtol": 0, "atol": 0}
+    want_u = torch.tensor([[1e-3, 1e-37, 0.0, 2.0], [1e-30, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(fu, want_u, **exact)
+    want_v = torch.tensor([[0.5, 1e-36, 0.0, 0.0], [1e-10, 3.0, 1e-9, 0.0]])
+    torch.testing.assert_close(fv, want_v, **exact)
+    for row_u, row_v, kept_u, kept_v in zip(u, v, fu, fv, strict=True):
+        dropped = torch.outer(row_u, row_v) - torch.outer(kept_u, kept_v)
+        assert (dropped.abs() < tiny).all()
