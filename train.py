@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from eva import Preconditioner
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from harness.config import ConfigError, validate
+from harness.config import ConfigError, check_scale, validate
 from harness.distributed import Workers, mean_across_workers, setup_workers, teardown_workers
 from harness.optimizers import build_optimizer
 from harness.pipeline import Data, build_data
@@ -279,6 +279,7 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training job; returns the final summary."""
     workers = setup_workers(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    check_scale(cfg, HydraConfig.get().runtime.choices)
     validate(cfg, workers.world_size)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.skip_completed and (done := finished_run(run_dir)) is not None:

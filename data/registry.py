@@ -361,6 +361,7 @@ def synthetic(
     input_shape: Sequence[int] = (3, 32, 32),
     num_classes: int | None = 10,
     seed: int = 0,
+    autoencoder: bool = False,
 ) -> DatasetSplits:
     """Seeded random data (see :mod:`data.synthetic`).
 
@@ -371,11 +372,13 @@ def synthetic(
         num_classes: Random labels in ``0..num_classes-1``; None gives autoencoder data (float
             vectors in [0, 1) that are their own targets). Default: 10.
         seed: The test split uses ``seed + 1``. Default: 0.
+        autoencoder: Autoencoder data whatever ``num_classes`` says (as ``experiment=autoencoder``
+            asks of every dataset). Default: False.
     """
     from data.synthetic import synthetic_classification, synthetic_regression
 
     shape = tuple(int(s) for s in input_shape)
-    if num_classes is None:
+    if num_classes is None or autoencoder:
         train = synthetic_regression(num_train, shape, seed=seed)
         test = synthetic_regression(num_test, shape, seed=seed + 1)
         return _splits("synthetic", train, test, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from omegaconf import DictConfig
 
 
@@ -20,6 +22,25 @@ def _positive_int(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
         return
     ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
     _require(ok, key, "an integer > 0", value)
+
+
+def check_scale(cfg: DictConfig, choices: Mapping[str, object]) -> None:
+    """``scale=<s>`` took effect: the experiment has a ``conf/at_scale/<experiment>_<s>.yaml``
+    (it sets ``scale``; Hydra skips a missing one silently).
+
+    Args:
+        cfg: The composed config.
+        choices: Hydra's config-group choices (``HydraConfig.get().runtime.choices``).
+    """
+    chosen = choices.get("scale") or "paper"
+    if cfg.get("scale", "paper") != chosen:
+        experiment = choices.get("experiment")
+        if experiment is None:
+            raise ConfigError(f"scale={chosen} needs an experiment=<name> that has it")
+        raise ConfigError(
+            f"scale={chosen}: experiment={experiment} has no {chosen} setting (no "
+            f"conf/at_scale/{experiment}_{chosen}.yaml); scale=paper runs it as it is"
+        )
 
 
 def validate(cfg: DictConfig, world_size: int = 1) -> None:

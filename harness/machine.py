@@ -1,15 +1,18 @@
 """What a measurement ran on: the one description of the host, its device and the software.
 
 Used by run records (``harness/records.py``), the benchmark (``scripts/bench``) and the demo.
+torch is imported where a device is described, not with the module: ``harness.records`` (and so
+``python -m scripts.reproduce``, which only reads and writes records) does not load it.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_model() -> str:
@@ -26,12 +29,16 @@ def cpu_model() -> str:
 
 def device_name(device: torch.device | str | None) -> str:
     """The accelerator's name (e.g. ``NVIDIA H200``) for a CUDA device, else ``CPU``."""
+    import torch
+
     device = torch.device(device or "cpu")
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 def device_tag(device: torch.device | str) -> str:
     """``cpu`` or e.g. ``cuda-nvidia-h100-80gb-hbm3``: a file-name-safe name of the device."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return device.type
@@ -49,6 +56,8 @@ def machine_description(device: torch.device | str | None = None) -> dict[str, A
         ``device``, ``device_name``, ``cpu``, ``cpu_count``, ``torch_threads``, ``torch``,
         ``cuda`` (None off CUDA), ``python``, ``platform`` and ``machine`` (the architecture).
     """
+    import torch
+
     device = torch.device(device or "cpu")
     return {
         "device": str(device),

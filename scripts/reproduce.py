@@ -11,7 +11,7 @@ Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/benc
 (Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/`` (the language-model comparison ``lm``, not a
 paper artifact: to ``<results>/lm/`` at SCALE=cpu, ``<results>/lm/paper/`` at SCALE=paper).
 With complete records a target only re-renders; ``--force`` reruns it. What each target runs at
-each scale: ``scripts/repro/grids.py`` (the paper's), ``scripts/repro/lm_grid.py`` (``lm``).
+each scale: ``scripts/repro/grids.py`` and ``bench_grid.py`` (the paper's), ``lm_grid.py`` (``lm``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from scripts.repro.pool import stop_on_sigterm
-from scripts.repro.render import render
 from scripts.repro.run import Layout, run_targets
 from scripts.repro.sweeps import SCALES
 from scripts.repro.targets import TARGETS, target
@@ -108,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
     if args.dry_run:
         return status
+    from scripts.repro.render import render  # matplotlib: only once there is something to draw
+
     for tgt in targets:
         for path in render(tgt, layout, notes.get(tgt.name, [])):
             print(f"wrote {path}")

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import eva
-from harness.config import validate
+from harness.config import ConfigError, check_scale, validate
 from harness.distributed import Workers
 from harness.pipeline import build_data
 from models.registry import build_model
@@ -52,6 +52,7 @@ OPTIMIZERS = {
 }
 
 # model choice -> input shape for a forward pass on the meta device (no memory, no compute)
+SMOKE_DATA = {"smoke_images": "synthetic", "smoke_vectors": "synthetic"}
 MODEL_INPUTS = {
     "autoencoder": (2, 784),
     "inception_v4": (2, 3, 299, 299),
@@ -74,8 +75,8 @@ def test_every_choice_composes_and_validates(compose, group, choice):
     cfg = compose([f"{group}={choice}"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every interpolation
     validate(cfg)
-    if group in NAMED_GROUPS:
-        assert cfg[group].name == choice
+    if group in NAMED_GROUPS:  # scale=smoke's data are presets of the synthetic builder
+        assert cfg[group].name == SMOKE_DATA.get(choice, choice)
     if group == "experiment":
         assert cfg.group == choice  # presets file their records under their own group
 
@@ -113,8 +114,8 @@ def test_presets_set_what_their_comments_say(compose):
     assert (inet.model.name, inet.dataset.name, inet.optimizer.lr) == ("resnet50", "imagenet", 1.2)
 
 
-def test_cpu_full_preset_is_the_full_jpeg_copy(compose):
-    cfg = compose(["experiment=cpu_cifar_full"])
+def test_cpu_scale_of_the_decisive_cifar_runs_is_the_full_jpeg_copy(compose):
+    cfg = compose(["experiment=cifar_cosine", "scale=cpu", "dataset=cifar10_images"])
     assert (cfg.model.name, cfg.dataset.name, cfg.schedule.name) == (
         "resnet20",
         "cifar10_images",
@@ -123,6 +124,38 @@ def test_cpu_full_preset_is_the_full_jpeg_copy(compose):
     assert cfg.dataset.get("train_subset") is None and cfg.dataset.get("test_subset") is None
     assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer.lr) == (10, 128, 0.1)
     assert cfg.schedule.warmup_epochs == 0.5 and cfg.group == "cpu_cifar_full"
+    assert cfg.optimizer.weight_decay == 5e-4 and cfg.scale == "cpu"  # the rest: `cifar`'s
+    subset = compose(["experiment=cifar", "scale=cpu_subset"])
+    assert (subset.dataset.train_subset, subset.dataset.test_subset) == (5000, 2000)
+    assert subset.schedule.name == "multistep" and subset.group == "cpu_cifar"
+
+
+AT_SCALE = sorted(p.stem for p in (CONF / "at_scale").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", AT_SCALE)
+def test_a_scale_changes_values_only(compose, name):
+    """``conf/at_scale/<experiment>_<scale>.yaml`` belongs to an existing experiment and scale,
+    says which scale it is, and swaps no config group: ``experiment=X scale=S`` and
+    ``experiment=X`` choose the same model, data, optimizer and schedule."""
+    scales = [p.stem for p in (CONF / "scale").glob("*.yaml")]
+    scale = next(s for s in sorted(scales, key=len, reverse=True) if name.endswith(f"_{s}"))
+    experiment = name.removesuffix(f"_{scale}")
+    assert (CONF / "experiment" / f"{experiment}.yaml").exists()
+    scaled = compose([f"experiment={experiment}", f"scale={scale}"], hydra=True)
+    paper = compose([f"experiment={experiment}"], hydra=True)
+    assert scaled.scale == scale and paper.scale == "paper"
+    for group in ("model", "dataset", "optimizer", "schedule"):
+        assert scaled.hydra.runtime.choices[group] == paper.hydra.runtime.choices[group]
+    assert scaled.group != paper.group or experiment == "lm"  # lm is CPU-sized as it is
+
+
+def test_check_scale_names_the_missing_file(compose):
+    cfg = compose(["experiment=cifar_tricks", "scale=cpu"], hydra=True)
+    with pytest.raises(ConfigError, match="conf/at_scale/cifar_tricks_cpu.yaml"):
+        check_scale(cfg, cfg.hydra.runtime.choices)
+    ok = compose(["experiment=cifar", "scale=cpu"], hydra=True)
+    check_scale(ok, ok.hydra.runtime.choices)  # no error
 
 
 @pytest.mark.parametrize("choice", ["eva", "kfac", "eva_f", "foof"])
@@ -201,6 +234,10 @@ def test_dataset_loads_or_says_where_it_looked(compose, tmp_path, choice):
             build_data(cfg.dataset, cfg.trainer, CPU, seed=0)
         return
     data = build_data(cfg.dataset, cfg.trainer, CPU, seed=0)
+    if choice == "smoke_vectors":  # autoencoder data: the targets are the inputs
+        x, y = next(iter(data.train))
+        assert data.task == "autoencode" and torch.equal(x, y) and x.shape == (8, 64)
+        return
     assert data.task == "classify" and data.num_classes == 10
     x, y = next(iter(data.train))
     assert x.shape[0] == 8 and x.dtype == torch.float32 and y.shape == (8,)

@@ -288,6 +288,7 @@ def test_divergence_exits_1_with_one_line(cli, train_run, tiny, tmp_path):
         ("trainer.batch_size=0", "trainer.batch_size"),
         ("trainer.amp=fp8", "trainer.amp"),
         ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s"),
+        ("scale=smoke", "scale=smoke"),  # no experiment: nothing to scale
     ],
 )
 def test_bad_value_exits_2_with_one_line(cli, tiny, tmp_path, override, key):

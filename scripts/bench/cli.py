@@ -125,7 +125,8 @@ def step_time_parser() -> argparse.ArgumentParser:
     add(
         "--experiment",
         help="time an experiment preset's own runs (its model, data and loss), "
-        "one per --setting, instead of --models",
+        "one per --setting, instead of --models; overrides every setting shares may follow "
+        "after commas, e.g. lm,scale=smoke",
     )
     add(
         "--setting",

@@ -90,7 +90,8 @@ def experiment_runs(experiment: str, settings: Sequence[str], batches: int) -> E
     """The runs ``train.py experiment=<experiment> <setting>`` would train, one per setting.
 
     Args:
-        experiment: A preset of ``conf/experiment`` (e.g. ``lm``).
+        experiment: A preset of ``conf/experiment`` (e.g. ``lm``), optionally followed by
+            comma-separated overrides that every setting shares (e.g. ``lm,scale=smoke``).
         settings: Comma-separated ``train.py`` overrides per setting (e.g.
             ``optimizer=eva,optimizer.weight_decay=0.0005``); each names its contender.
         batches: How many of the first run's training batches every setting takes.
@@ -100,7 +101,8 @@ def experiment_runs(experiment: str, settings: Sequence[str], batches: int) -> E
     contenders: dict[str, Contender] = {}
     runs = []
     for setting in settings:
-        overrides = [f"experiment={experiment}", *setting.split(","), "logger.wandb=false"]
+        name, *shared = experiment.split(",")
+        overrides = [f"experiment={name}", *shared, *setting.split(","), "logger.wandb=false"]
         cfg = compose_config(overrides)
         run = train.build_run(cfg, Workers(0, 1, 0, resolve_device(cfg.trainer.device)))
         runs.append(run)

@@ -44,7 +44,8 @@ class Drawn:
     findings: list[str]
 
 
-def _style(key: str) -> dict[str, object]:
+def optimizer_style(key: str) -> dict[str, object]:
+    """Line colour and marker of an optimizer (``kfac@10``: K-FAC's), the same in every figure."""
     color, marker = STYLE.get(key.split("@")[0], ("black", "."))
     return {"color": color, "marker": marker, "markersize": 4, "linewidth": 1.4}
 
@@ -66,16 +67,19 @@ def _curve(ax: Axes, run: Run, metric: str, label: str | None = None, x: str = "
         clock = run.wall_clock()
         by_epoch = {int(row["epoch"]): t for row, t in zip(run.epochs, clock, strict=True)}
         xs = [by_epoch[e] for e in epochs]
-    ax.plot(xs, values, label=label or _label(run), **_style(run.optimizer))
+    ax.plot(xs, values, label=label or _label(run), **optimizer_style(run.optimizer))
 
 
-def _legend(ax: Axes, **options: object) -> None:
+def legend(ax: Axes, **options: object) -> None:
     """A legend when the axes have labelled lines (a panel with no finished run has none)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**options)  # type: ignore[arg-type]
 
 
-def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9) -> tuple[Figure, list]:
+def panel_grid(
+    rows: int, cols: int, width: float = 3.6, height: float = 2.9
+) -> tuple[Figure, list]:
+    """A figure of ``rows`` × ``cols`` panels of ``width`` × ``height`` inches (axes[row][col])."""
     fig = Figure(figsize=(width * cols, height * rows))  # no pyplot: no GUI backend, no registry
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
@@ -122,7 +126,10 @@ def _plot_mean(ax: Axes, runs: list[Run], metric: str, label: str) -> None:
     if values:
         n = len(shown)
         ax.plot(
-            epochs, values, label=f"{label} ({n} seed{'s' * (n > 1)})", **_style(runs[0].optimizer)
+            epochs,
+            values,
+            label=f"{label} ({n} seed{'s' * (n > 1)})",
+            **optimizer_style(runs[0].optimizer),
         )
 
 
@@ -130,7 +137,7 @@ def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> 
     """Training loss (top) and test accuracy (bottom) per epoch, mean over seeds; one column per
     panel × group; findings: final values (mean ± std over seeds) and the pair's difference."""
     columns = [(panel, group) for panel in _panels(runs) for group in groups]
-    fig, axes = _grid(2, len(columns))
+    fig, axes = panel_grid(2, len(columns))
     findings = []
     for j, ((model, data), group) in enumerate(columns):
         subset = [
@@ -144,7 +151,7 @@ def _loss_and_accuracy(runs: list[Run], groups: list[list[str]], title: str) -> 
         axes[0][j].set_ylabel("training loss")
         axes[1][j].set_ylabel("test accuracy (%)")
         axes[1][j].set_xlabel("epoch")
-        _legend(axes[0][j], fontsize=7)
+        legend(axes[0][j], fontsize=7)
         accs = {label: cell(seeds) for label, seeds in labelled.items()}
         losses = {label: cell(seeds, "train_loss") for label, seeds in labelled.items()}
         line = (
@@ -186,7 +193,7 @@ def best_runs(runs: list[Run]) -> dict[str, Run]:
 
 def fig4(target: Target, runs: list[Run]) -> Drawn:
     datasets = list(dict.fromkeys(str(r.get("dataset.name")) for r in runs))
-    fig, axes = _grid(2, len(datasets))
+    fig, axes = panel_grid(2, len(datasets))
     findings = []
     for j, data in enumerate(datasets):
         subset = select(runs, dataset__name=data)
@@ -201,7 +208,7 @@ def fig4(target: Target, runs: list[Run]) -> Drawn:
         axes[1][j].set_xlabel("epoch")
         for ax in (axes[0][j], axes[1][j]):
             ax.set_yscale("log")
-        _legend(axes[0][j], fontsize=7)
+        legend(axes[0][j], fontsize=7)
         ranked = sorted(best.values(), key=lambda r: r.final("train_loss") or math.inf)
         findings.append(
             f"{name(data)}: final training loss, best first: "
@@ -238,7 +245,7 @@ def time_to_target(run: Run, target_acc: float) -> float | None:
 def _wall_clock(target: Target, runs: list[Run], label: Callable[[Run], str]) -> Drawn:
     """Test accuracy over training seconds per panel; inset: time to target relative to Eva."""
     panels = _panels(runs)
-    fig, axes = _grid(1, len(panels), width=4.4, height=3.4)
+    fig, axes = panel_grid(1, len(panels), width=4.4, height=3.4)
     findings = []
     for j, (model, data) in enumerate(panels):
         ax = axes[0][j]
@@ -257,7 +264,7 @@ def _wall_clock(target: Target, runs: list[Run], label: Callable[[Run], str]) ->
         ax.set_title(f"{name(model)}, {name(data)}", fontsize=9)
         ax.set_xlabel("training time (s): epochs × median s/epoch")
         ax.set_ylabel("test accuracy (%)")
-        _legend(ax, fontsize=7, loc="lower right")
+        legend(ax, fontsize=7, loc="lower right")
         times = {label(r): time_to_target(r, goal) for r in subset}  # type: ignore[arg-type]
         eva = next((t for k, t in times.items() if k == "Eva"), None)
         if eva:
@@ -266,7 +273,7 @@ def _wall_clock(target: Target, runs: list[Run], label: Callable[[Run], str]) ->
             inset.bar(
                 range(len(keys)),
                 [times[k] / eva for k in keys],  # type: ignore[operator]
-                color=[_style(k.lower().replace("-", ""))["color"] for k in keys],
+                color=[optimizer_style(k.lower().replace("-", ""))["color"] for k in keys],
             )
             inset.set_xticks(range(len(keys)), keys, fontsize=5, rotation=45)
             inset.tick_params(axis="y", labelsize=5)
@@ -341,7 +348,7 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
                 return False
         return True
 
-    fig, axes = _grid(1, 4)
+    fig, axes = panel_grid(1, 4)
     findings = []
     for j, (key, label, opts) in enumerate(panels):
         ax = axes[0][j]
@@ -354,7 +361,7 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
                 and on_panel(run, key)
             )
             if points:
-                ax.plot(*zip(*points, strict=True), label=name(opt), **_style(opt))
+                ax.plot(*zip(*points, strict=True), label=name(opt), **optimizer_style(opt))
                 findings.append(
                     f"{label}: {name(opt)} "
                     + ", ".join(f"{x:g} → {y:.2f}%" for x, y in points)
@@ -367,7 +374,7 @@ def fig7(target: Target, runs: list[Run]) -> Drawn:
         ax.minorticks_off()
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
-        _legend(ax, fontsize=7)
+        legend(ax, fontsize=7)
     fig.suptitle(target.title, fontsize=10)
     fig.tight_layout()
     return Drawn(fig, findings)

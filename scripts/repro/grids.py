@@ -1,25 +1,30 @@
 """The paper's tables and figures (``table4`` ... ``fig8``): what each runs at each scale.
 
-Most are Hydra sweeps (:class:`~scripts.repro.sweeps.Sweep`); Table 4 and Fig. 5 tune each
-method's learning rate at the reduced scales (:class:`~scripts.repro.sweeps.Tuned`); Tables 5, 8
-and 10 are benchmark calls (:class:`~scripts.repro.sweeps.BenchJob`).
+The training runs: Hydra sweeps (:class:`~scripts.repro.sweeps.Sweep`); Table 4 and Fig. 5 tune
+each method's learning rate at the reduced scales (:class:`~scripts.repro.sweeps.Tuned`). Tables
+5, 8 and 10 are benchmark calls: :mod:`scripts.repro.bench_grid`.
 
 Scales (``SCALES``):
 
 - ``paper`` — the paper's settings (models, datasets, epochs, seeds, batch sizes); meant for a GPU
   cluster (``--launcher slurm`` sends every sweep to Slurm through hydra-submitit-launcher).
 - ``cpu`` — real data that can be had here, sized for a 2-core CPU: Tables 4/9 and Figs. 3/5/8
-  train ResNet-20 on the full CIFAR-10 JPEG copy for 10 epochs (``cpu_cifar_full``, ~15-20 min
-  per run); Table 7 and Figs. 6/7 on a fixed 5,000-image subset for a few epochs (``cpu_cifar``);
-  the paper's autoencoder on MNIST and Fashion-MNIST (``cpu_autoencoder``); benchmark tables from
+  train ResNet-20 on the full CIFAR-10 JPEG copy for 10 epochs (``experiment=cifar_cosine
+  scale=cpu``, ~15-20 min per run); Table 7 and Figs. 6/7 on a fixed 5,000-image subset for a
+  few epochs (``experiment=cifar scale=cpu_subset``); the paper's autoencoder on MNIST and
+  Fashion-MNIST (``experiment=autoencoder scale=cpu``); benchmark tables from
   the CPU benchmark. Datasets that are not here (CIFAR-100, ImageNet, FACES, CURVES) are
   reported as not run.
-- ``smoke`` — seconds, synthetic data: proves every target runs and renders end to end.
+- ``smoke`` — seconds, synthetic data (``scale=smoke``): proves every target runs and renders
+  end to end.
+
+A run is ``train.py experiment=<e> scale=<s>``: the ``scale`` config group (``conf/scale``, with
+the values it changes per experiment in ``conf/at_scale/<e>_<s>.yaml``) sizes the experiment.
 """
 
 from __future__ import annotations
 
-from scripts.repro.sweeps import TUNED_EXTEND, BenchJob, Sweep, Target, Tuned, Value
+from scripts.repro.sweeps import TUNED_EXTEND, Sweep, Target, Tuned, Value
 
 # Learning rates the paper tuned per optimizer but does not list: ours (CIFAR batch 512 / AE).
 CIFAR_LR = {"adagrad": 0.05, "adamw": 0.002}
@@ -53,11 +58,15 @@ AUTHORS_STAT_BATCH = 16
 """The authors' runs took Kronecker vectors / factors from the first 16 samples of each batch."""
 
 
-def _decisive(scale: str) -> tuple[str, str, str]:
-    """(preset, model, dataset) of Tables 4/9 and Figs. 3/5/8 at a reduced scale."""
+Row = tuple[str, str, str, str]
+"""(experiment, config scale, model, dataset) of a CIFAR-shaped run."""
+
+
+def _decisive(scale: str) -> Row:
+    """The runs of Tables 4/9 and Figs. 3/5/8 at a reduced scale."""
     if scale == "cpu":
-        return ("cpu_cifar_full", "resnet20", "cifar10_images")
-    return ("smoke_cifar", "resnet20", "synthetic")
+        return ("cifar_cosine", "cpu", "resnet20", "cifar10_images")
+    return ("cifar_cosine", "smoke", "resnet20", "smoke_images")
 
 
 def table4_settings(scale: str) -> tuple[dict[str, Value], ...]:
@@ -74,7 +83,7 @@ def table4_settings(scale: str) -> tuple[dict[str, Value], ...]:
 
 
 def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
-    exp, model, data = _decisive(scale)
+    exp, at, model, data = _decisive(scale)
     return tuple(
         Tuned(
             exp,
@@ -82,6 +91,7 @@ def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
             _seeds(scale),
             {"model": model, "dataset": data} | setting,
             extend=TUNED_EXTEND[scale],
+            scale=at,
         )
         for setting in table4_settings(scale)
     )
@@ -90,7 +100,7 @@ def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
 def _fixed_lr(scale: str) -> dict[str, Value]:
     """Model, data and the preset's lr of the untuned reduced-scale runs (the lr is spelled out
     so that a run shared with a tuned sweep has the same directory)."""
-    _, model, data = _decisive(scale)
+    _, _, model, data = _decisive(scale)
     return {"model": model, "dataset": data, "optimizer.lr": 0.1}
 
 
@@ -98,13 +108,13 @@ def _scaled(scale: str, paper: object, cpu: object, smoke: object) -> object:
     return {"paper": paper, "cpu": cpu, "smoke": smoke}[scale]
 
 
-def _cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """(experiment, model, dataset) per row: the paper's, or the scale's stand-in."""
+def _cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[Row]:
+    """The paper's (experiment, model, dataset) rows, or the scale's stand-in."""
     if scale == "paper":
-        return paper_rows
+        return [(exp, "paper", model, data) for exp, model, data in paper_rows]
     if scale == "cpu":
-        return [("cpu_cifar", "resnet20", "cifar10_images")]
-    return [("smoke_cifar", "resnet20", "synthetic")]
+        return [("cifar", "cpu_subset", "resnet20", "cifar10_images")]
+    return [("cifar", "smoke", "resnet20", "smoke_images")]
 
 
 def _seeds(scale: str) -> tuple[int, ...]:
@@ -180,7 +190,7 @@ def table7(scale: str) -> Target:
         ],
     )
     sweeps = []
-    for exp, model, data in rows:
+    for exp, at, model, data in rows:
         for opt in ("adagrad", "adamw", "shampoo", "mfac", "eva"):
             # Table 7: M-FAC on WRN-28-10 without CutMix/AutoAugment (they made it diverge).
             preset = "cifar" if (opt == "mfac" and exp == "cifar_tricks") else exp
@@ -190,7 +200,8 @@ def table7(scale: str) -> Target:
                 "optimizer": opt,
                 "trainer.epochs": _budget(scale),
             }
-            sweeps.append(Sweep(preset, {"seed": _seeds(scale)}, fixed | _lr_fixed(scale, opt)))
+            fixed |= _lr_fixed(scale, opt)
+            sweeps.append(Sweep(preset, {"seed": _seeds(scale)}, fixed, at))
     return Target(
         "table7",
         scale,
@@ -215,14 +226,14 @@ def table9(scale: str) -> Target:
         "kl_clip and never read it)"
     )
     if scale != "paper":
-        exp = _decisive(scale)[0]
+        exp, at = _decisive(scale)[:2]
         return Target(
             "table9",
             scale,
             "Ablation: Eva without momentum, without KL clipping, without Kronecker vectors",
             f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; every row at lr 0.1; "
             f"seeds {_seeds(scale)}; {unclipped}",
-            (Sweep(exp, {"optimizer": ablations, "seed": _seeds(scale)}, _fixed_lr(scale)),),
+            (Sweep(exp, {"optimizer": ablations, "seed": _seeds(scale)}, _fixed_lr(scale), at),),
             not_run=(CPU_ONLY_MODEL, NO_C100) if scale == "cpu" else (),
         )
     rows = [
@@ -261,23 +272,21 @@ def table6(scale: str) -> Target:
             ),
         )
     if scale == "smoke":
-        rows = [("smoke_cifar", "resnet20", "synthetic")]
-        fixed_extra: dict[str, Value] = {}
+        rows = _cifar_rows(scale, [])
     else:
         rows = [
-            ("finetune", m, d)
+            ("finetune", "paper", m, d)
             for m in ("efficientnet_b0", "vit_b16")
             for d in ("cifar10", "cifar100")
         ]
-        fixed_extra = {}
     sweeps = tuple(
         Sweep(
             exp,
             {"optimizer": ("sgd", "kfac", "eva"), "seed": _seeds(scale)},
-            {"model": model, "dataset": data, "trainer.epochs": _scaled(scale, 20, 20, 1)}
-            | fixed_extra,  # type: ignore[operator]
+            {"model": model, "dataset": data, "trainer.epochs": _scaled(scale, 20, 20, 1)},
+            at,
         )
-        for exp, model, data in rows
+        for exp, at, model, data in rows
     )
     return Target(
         "table6",
@@ -296,8 +305,9 @@ def table6(scale: str) -> Target:
 
 def fig3(scale: str) -> Target:
     if scale != "paper":
-        exp = _decisive(scale)[0]
-        sweep = Sweep(exp, {"optimizer": ("foof", "foof_rank1"), "seed": (0, 1)}, _fixed_lr(scale))
+        exp, at = _decisive(scale)[:2]
+        methods = {"optimizer": ("foof", "foof_rank1"), "seed": (0, 1)}
+        sweep = Sweep(exp, methods, _fixed_lr(scale), at)
         return Target(
             "fig3",
             scale,
@@ -323,16 +333,17 @@ def fig3(scale: str) -> Target:
 
 def fig4(scale: str) -> Target:
     datasets = _scaled(
-        scale, ("mnist", "fmnist", "faces", "curves"), ("mnist", "fmnist"), ("synthetic",)
+        scale, ("mnist", "fmnist", "faces", "curves"), ("mnist", "fmnist"), ("smoke_vectors",)
     )
-    exp = _scaled(scale, "autoencoder", "cpu_autoencoder", "smoke_autoencoder")
     sweeps = []
     for data in datasets:  # type: ignore[attr-defined]
         fixed: dict[str, Value] = {"dataset": data, "seed": 0}
         if data == "faces":  # 25×25 images: 625-2000-1000-500-30 (Fig. 4's FACES network)
             fixed["model.kwargs.dims"] = "[625,2000,1000,500,30]"
         for opt, lrs in AUTOENCODER_LR.items():
-            sweeps.append(Sweep(exp, {"optimizer.lr": lrs}, fixed | {"optimizer": opt}))
+            sweeps.append(
+                Sweep("autoencoder", {"optimizer.lr": lrs}, fixed | {"optimizer": opt}, scale)
+            )
     return Target(
         "fig4",
         scale,
@@ -351,7 +362,7 @@ def fig4(scale: str) -> Target:
     )
 
 
-def _time_rows(scale: str) -> list[tuple[str, str, str]]:
+def _time_rows(scale: str) -> list[Row]:
     return _cifar_rows(
         scale,
         [
@@ -365,8 +376,8 @@ def _time_rows(scale: str) -> list[tuple[str, str, str]]:
 def fig5(scale: str) -> Target:
     title = "Test accuracy over epochs and over training time; time to a target accuracy"
     if scale != "paper":
-        exp = _decisive(scale)[0]
-        shampoo = Sweep(exp, {"seed": (0, 1)}, _fixed_lr(scale) | {"optimizer": "shampoo"})
+        exp, at = _decisive(scale)[:2]
+        shampoo = Sweep(exp, {"seed": (0, 1)}, _fixed_lr(scale) | {"optimizer": "shampoo"}, at)
         return Target(
             "fig5",
             scale,
@@ -387,8 +398,9 @@ def fig5(scale: str) -> Target:
             exp,
             {"optimizer": ("sgd", "kfac", "shampoo", "eva")},
             {"model": model, "dataset": data, "trainer.epochs": _long(scale), "seed": 0},
+            at,
         )
-        for exp, model, data in _time_rows(scale)
+        for exp, at, model, data in _time_rows(scale)
     )
     return Target(
         "fig5",
@@ -405,7 +417,7 @@ def fig5(scale: str) -> Target:
 
 def fig6(scale: str) -> Target:
     sweeps: list[Sweep] = []
-    for exp, model, data in _time_rows(scale)[:2]:
+    for exp, at, model, data in _time_rows(scale)[:2]:
         fixed: dict[str, Value] = {
             "model": model,
             "dataset": data,
@@ -413,10 +425,9 @@ def fig6(scale: str) -> Target:
             "seed": 0,
         }
         # K-FAC's preset interval (10) and Eva are Table 4's / Fig. 5's runs.
-        sweeps.append(Sweep(exp, {"optimizer": ("kfac", "eva")}, fixed))
-        sweeps.append(
-            Sweep(exp, {"optimizer.update_interval": (1, 50)}, fixed | {"optimizer": "kfac"})
-        )
+        sweeps.append(Sweep(exp, {"optimizer": ("kfac", "eva")}, fixed, at))
+        intervals = {"optimizer.update_interval": (1, 50)}
+        sweeps.append(Sweep(exp, intervals, fixed | {"optimizer": "kfac"}, at))
     return Target(
         "fig6",
         scale,
@@ -433,7 +444,7 @@ def fig6(scale: str) -> Target:
 
 
 def fig7(scale: str) -> Target:
-    exp, model, data = _cifar_rows(scale, [("cifar", "resnet110", "cifar10")])[0]
+    exp, at, model, data = _cifar_rows(scale, [("cifar", "resnet110", "cifar10")])[0]
     base: dict[str, Value] = {
         "model": model,
         "dataset": data,
@@ -447,12 +458,13 @@ def fig7(scale: str) -> Target:
     lrs = (lr0 / 2, lr0 * 2) if scale != "paper" else (0.1, 0.2, 0.8, 1.6)
     batches = (batch0 * 2, batch0 * 4) if scale != "paper" else (128, 256, 1024, 2048)
     sweeps = [
-        Sweep(exp, {"optimizer": three, "optimizer.lr": lrs}, base),
+        Sweep(exp, {"optimizer": three, "optimizer.lr": lrs}, base, at),
         *(
             Sweep(
                 exp,
                 {"optimizer": three},
                 base | {"trainer.batch_size": b, "optimizer.lr": lr0 * b / batch0},
+                at,
             )
             for b in batches
         ),
@@ -465,6 +477,7 @@ def fig7(scale: str) -> Target:
                 else (0.001, 0.003, 0.01, 0.1, 0.3),
             },
             base,
+            at,
         ),
         Sweep(
             exp,
@@ -473,8 +486,9 @@ def fig7(scale: str) -> Target:
                 "optimizer.running_avg": (0.5, 0.99) if scale != "paper" else (0.5, 0.9, 0.99),
             },
             base,
+            at,
         ),
-        Sweep(exp, {"optimizer": three}, base),  # the default point of every panel
+        Sweep(exp, {"optimizer": three}, base, at),  # the default point of every panel
     ]
     return Target(
         "fig7",
@@ -496,14 +510,14 @@ def fig7(scale: str) -> Target:
 def fig8(scale: str) -> Target:
     methods = ("foof", "eva_f", "shampoo", "eva_s")
     if scale != "paper":
-        exp = _decisive(scale)[0]
+        exp, at = _decisive(scale)[:2]
         return Target(
             "fig8",
             scale,
             "Eva-f vs FOOF and Eva-s vs Shampoo: training loss and validation accuracy per epoch",
             f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; lr 0.1 for all four; "
             "seeds 0 and 1 (curves: their mean)",
-            (Sweep(exp, {"optimizer": methods, "seed": (0, 1)}, _fixed_lr(scale)),),
+            (Sweep(exp, {"optimizer": methods, "seed": (0, 1)}, _fixed_lr(scale), at),),
             not_run=("ResNet-110: ResNet-20 instead", NO_C100) if scale == "cpu" else (),
         )
     rows = [("cifar_cosine", "resnet110", "cifar10"), ("cifar_cosine", "vgg19", "cifar100")]
@@ -521,100 +535,4 @@ def fig8(scale: str) -> Target:
         "Eva-f vs FOOF and Eva-s vs Shampoo: training loss and validation accuracy per epoch",
         "ResNet-110 on CIFAR-10 and VGG-19 on CIFAR-100, cosine schedule, 100 epochs, seed 0",
         sweeps,
-    )
-
-
-def _bench_common(scale: str) -> tuple[str, ...]:
-    if scale == "smoke":
-        return ("--quick", "--profile-models", "")
-    if scale == "cpu":
-        return ("--profile-models", "", "--steps", "6", "--warmup", "1", "--peak-memory", "none")
-    return ("--profile-models", "")
-
-
-def table5(scale: str, name: str = "table5") -> Target:
-    optimizers = "sgd,kfac@1,kfac@10,shampoo@1,shampoo@10,eva,eva_f,eva_s"
-    imagenet_optimizers = "sgd,kfac@1,kfac@50,shampoo@1,shampoo@50,eva,eva_f,eva_s"
-    if scale == "paper":
-        jobs = (
-            BenchJob(
-                "steptime-table5-cifar",
-                ("--models", "resnet110,vgg19,wrn28_10", "--optimizers", optimizers),
-            ),
-            BenchJob(
-                "steptime-table5-imagenet",
-                ("--models", "resnet50,inception_v4,vit_b16", "--optimizers", imagenet_optimizers),
-            ),
-        )
-        not_run: tuple[str, ...] = ()
-    elif scale == "cpu":
-        jobs = (
-            BenchJob(
-                "steptime-cpu",
-                ("--models", "resnet110,vgg19", "--optimizers", optimizers, "--batch", "128"),
-            ),
-        )
-        not_run = (
-            "WRN-28-10, ResNet-50, Inception-v4 and ViT-B/16 were not timed on the 2-core CPU "
-            "(one step takes tens of seconds)",
-        )
-    else:
-        jobs = (BenchJob("steptime-smoke", ("--optimizers", optimizers, *_bench_common(scale))),)
-        not_run = ()
-    what = {
-        "paper": "the benchmark on the GPU it runs on, CIFAR batch 128, ImageNet batch 32",
-        "cpu": "the benchmark (`make bench`) on this 2-core CPU, CIFAR-shaped input, batch 128",
-        "smoke": "smoke: the benchmark's --quick setting",
-    }[scale]
-    title = (
-        "Step time and peak memory relative to SGD (Shampoo, K-FAC, Eva)"
-        if name == "table5"
-        else "Step time and peak memory of Eva-f and Eva-s relative to SGD"
-    )
-    return Target(name, scale, title, what, bench=jobs, not_run=not_run)
-
-
-def table10(scale: str) -> Target:
-    return table5(scale, "table10")
-
-
-def table8(scale: str) -> Target:
-    small, large = _scaled(scale, ("64", "96"), ("4", "6"), ("2", "3"))  # type: ignore[misc]
-    common = _bench_common(scale)
-    model = "resnet20" if scale == "smoke" else "resnet50"
-    batch_flag = "--batch" if scale == "smoke" else "--imagenet-batch"
-    jobs = (
-        BenchJob(
-            f"throughput-{scale}-large",
-            ("--models", model, "--optimizers", "sgd,eva", batch_flag, large, *common),
-        ),
-        BenchJob(
-            f"throughput-{scale}-small",
-            (
-                "--models",
-                model,
-                "--optimizers",
-                "sgd,kfac@50,shampoo@50",
-                batch_flag,
-                small,
-                *common,
-            ),
-        ),
-    )
-    what = {
-        "paper": "the benchmark on one GPU (the paper measured 32 GPUs), per-GPU batch 96 "
-        "(SGD, Eva) and 64 (K-FAC@50, Shampoo@50)",
-        "cpu": "the benchmark on this 2-core CPU with ImageNet-shaped random input (step time "
-        "does not depend on the pixels; no data loading), per-process batch 6 (SGD, Eva) and "
-        "4 (K-FAC@50, Shampoo@50), the paper's 96:64 ratio",
-        "smoke": "smoke: ResNet-20 on 16×16 random input",
-    }[scale]
-    return Target(
-        "table8",
-        scale,
-        "ResNet-50 training throughput (samples/s) at the paper's batch-size ratio",
-        what,
-        bench=jobs,
-        not_run=() if scale != "cpu" else ("32-GPU throughput: one CPU process here",),
-        settings={"batch": {"sgd": large, "eva": large, "kfac@50": small, "shampoo@50": small}},
     )

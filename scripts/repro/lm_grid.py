@@ -38,23 +38,30 @@ def lm(scale: str) -> Target:
     """Optimizers on the byte-level GPT (``experiment=lm``; not a paper experiment): each setting
     at its best lr by final validation loss, 2 seeds; renders into ``<results>/lm/``."""
     lrs = LM_LRS["smoke" if scale == "smoke" else "cpu"]
-    exp = "smoke_lm" if scale == "smoke" else "lm"
     seeds = (0, 1)
     tuned = tuple(
-        Tuned(exp, lrs[family], seeds, fixed, metric="test_loss", extend=TUNED_EXTEND[scale])
+        Tuned(
+            "lm",
+            lrs[family],
+            seeds,
+            fixed,
+            metric="test_loss",
+            extend=TUNED_EXTEND[scale],
+            scale=scale,
+        )
         for family, fixed in lm_settings()
     )
     labels = tuple(t.label for t in tuned)
     steps = ("--steps", "3", "--warmup", "1") if scale == "smoke" else ("--steps", "30")
-    bench = BenchJob(
-        f"steptime-{scale}-lm",
-        ("--experiment", exp, *steps, *(a for label in labels for a in ("--setting", label))),
-    )
+    experiment = "lm" if scale == "paper" else f"lm,scale={scale}"
+    settings = (a for label in labels for a in ("--setting", label))
+    bench = BenchJob(f"steptime-{scale}-lm", ("--experiment", experiment, *steps, *settings))
     what = {
         "paper": "the paper has no language-model experiment: SCALE=paper runs the cpu grid "
         "unchanged (records under runs/paper/, renders under lm/paper/)",
         "cpu": "`experiment=lm` as it is",
-        "smoke": "smoke: `experiment=smoke_lm` (a 1-layer GPT of width 16, 2 epochs of 3 steps)",
+        "smoke": "smoke: `experiment=lm scale=smoke` (a 1-layer GPT of width 16, 2 epochs of 3 "
+        "steps)",
     }[scale]
     recipe = (
         ""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from scripts.repro.figures import _grid, _legend, _style, mean_curve
+from scripts.repro.figures import legend, mean_curve, optimizer_style, panel_grid
 from scripts.repro.records import Cell, Run, cell
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target, Tuned, fmt
@@ -122,13 +122,13 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
     goal = max(means) if means else None
     adamw = next((s for s in rows if s.tuned.fixed["optimizer"] == "adamw"), None)
     base_ms = times.get(adamw.tuned.label) if adamw else None
-    fig, axes = _grid(1, 2, width=5.0, height=3.6)
+    fig, axes = panel_grid(1, 2, width=5.0, height=3.6)
     header = ["Setting", "lr: final val. loss (seed 0)", "chosen lr", "val. loss (nats/byte)"]
     header += ["bits per byte", "− AdamW", "to target", "step time ÷ AdamW"]
     table_rows = []
     for s in rows:
         ms = times.get(s.tuned.label)
-        style = _style(str(s.tuned.fixed["optimizer"]))
+        style = optimizer_style(str(s.tuned.fixed["optimizer"]))
         if "optimizer.damping" in s.tuned.fixed:
             style = {**style, "linestyle": "--"}
         steps, losses = s.curve()
@@ -161,7 +161,7 @@ def build(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, Tabl
             ax.axhline(goal, color="black", linestyle=":", linewidth=1)
     axes[0][0].set_xlabel("step")
     axes[0][1].set_xlabel(f"training time (s): steps × mean ms/step alone ({bench})")
-    _legend(axes[0][0], fontsize=6, loc="upper right")
+    legend(axes[0][0], fontsize=6, loc="upper right")
     fig.suptitle(f"{target.title} (mean over seeds)", fontsize=9)
     fig.tight_layout()
     return fig, Table(header, table_rows, _findings(rows, goal, times, time_note, bench))

@@ -40,7 +40,7 @@ class Job:
 
     def single(self) -> Sweep:
         """A sweep of this run alone (its overrides all fixed)."""
-        return Sweep(self.sweep.experiment, {}, dict(self.run))
+        return Sweep(self.sweep.experiment, {}, dict(self.run), self.sweep.scale)
 
 
 class RunPool:
@@ -149,7 +149,7 @@ class RunPool:
         return self.layout.run_dir(job.sweep, job.run)
 
     def _name(self, job: Job) -> str:
-        return f"{job.sweep.experiment}/{self._dir(job).name}"
+        return f"{job.sweep.group}/{self._dir(job).name}"
 
     def _launch(self, job: Job) -> subprocess.Popen[bytes]:
         path = self._dir(job)

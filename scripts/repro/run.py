@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXCLUDE_KEYS = (
     "experiment",
+    "scale",
     "out_root",
     "skip_completed",
     "resume",
@@ -64,9 +65,9 @@ class Layout:
         return self.results / target.renders if target.renders else self.renders
 
     def run_dir(self, sweep: Sweep, run: dict[str, str]) -> Path:
-        # Every experiment preset's ``group`` is its own name (tests/scripts/repro/test_grids.py
-        # checks it).
-        return self.runs / sweep.experiment / run_dirname(run)
+        # train.py records a run under its config's ``group`` (tests/scripts/repro/test_grids.py
+        # checks that Sweep.group is that group).
+        return self.runs / sweep.group / run_dirname(run)
 
 
 def cifar10_images_overrides() -> list[str] | None:
@@ -218,18 +219,21 @@ def run_targets(
         for sweep in [*target.sweeps, *(t.sweep() for t in target.tuned)]:
             if data_overrides(sweep) is None:
                 notes[target.name].append(
-                    f"not run: {sweep.experiment} sweep — CIFAR-10 images not found (unpack "
+                    f"not run: {sweep.group} sweep — CIFAR-10 images not found (unpack "
                     "cifar10-images.tar.gz into $EVA_DATA/cifar10-images or set "
                     "EVA_CIFAR10_TARBALL)"
                 )
         if not any(n.startswith("not run:") for n in notes[target.name]):
             available.append(target)
-    benches = [
-        bench_command(job.name, job.args, layout, job.script)
-        for target in targets
-        for job in target.bench
-        if force or not (layout.bench / f"{job.name}.json").exists()
-    ]
+    benches: list[list[str]] = []
+    for target in targets:
+        for job in target.bench:
+            command = bench_command(job.name, job.args, layout, job.script)
+            # a benchmark two targets share (Tables 5 and 10: one record) runs once
+            if command not in benches and (
+                force or not (layout.bench / f"{job.name}.json").exists()
+            ):
+                benches.append(command)
     if (jobs > 1 or time_limit is not None or only) and not dry_run:
         from scripts.repro.pool import RunPool
 

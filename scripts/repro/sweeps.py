@@ -2,7 +2,7 @@
 
 A :class:`Target` (one paper table or figure, or ``lm``, at one of the ``SCALES``) lists
 
-- :class:`Sweep` objects: one ``python train.py -m experiment=<preset> ...`` each, whose runs
+- :class:`Sweep` objects: one ``python train.py -m experiment=<e> scale=<s> ...`` each, whose runs
   are the cartesian product of its ``axes`` with its ``fixed`` hyper-parameters;
 - :class:`Tuned` settings: a learning-rate sweep on the first seed, then the other seeds at the
   best rate;
@@ -11,8 +11,8 @@ A :class:`Target` (one paper table or figure, or ``lm``, at one of the ``SCALES`
 
 A run's identity is its set of overrides: its directory is Hydra's ``override_dirname`` (the
 sorted ``key=value`` overrides joined by commas, :func:`run_dirname`) under
-``<out_root>/<group of the preset>/``, so two targets that ask for the same run share it (Table
-9's Eva is Table 4's Eva).
+``<out_root>/<group of experiment and scale>/``, so two targets that ask for the same run share
+it (Table 9's Eva is Table 4's Eva).
 
 The targets themselves: :mod:`scripts.repro.grids` (the paper's), :mod:`scripts.repro.lm_grid`
 (``lm``), by name in :mod:`scripts.repro.targets`.
@@ -20,8 +20,12 @@ The targets themselves: :mod:`scripts.repro.grids` (the paper's), :mod:`scripts.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 SCALES = ("paper", "cpu", "smoke")
 """The scales every target is defined at (described in :mod:`scripts.repro.grids`)."""
@@ -29,6 +33,18 @@ TUNED_EXTEND = {"paper": 1, "cpu": 1, "smoke": 0}
 """Extra rates a tuned sweep may add past an edge its best rate sits on (``Tuned.extend``); none
 at the smoke scale, whose runs only check that everything runs (the tests fabricate extensions)."""
 Value = str | int | float
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@functools.cache
+def preset_group(experiment: str, scale: str = "paper") -> str:
+    """The ``group`` that ``train.py experiment=<experiment> scale=<scale>`` records its runs
+    under: the one ``conf/at_scale/<experiment>_<scale>.yaml`` sets, else the experiment's."""
+    at_scale = CONF / "at_scale" / f"{experiment}_{scale}.yaml"
+    for path in (at_scale, CONF / "experiment" / f"{experiment}.yaml"):
+        if path.exists() and (group := OmegaConf.load(path).get("group")):
+            return str(group)
+    raise ValueError(f"no group for experiment={experiment} scale={scale}")
 
 
 def fmt(value: Value) -> str:
@@ -38,11 +54,18 @@ def fmt(value: Value) -> str:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One Hydra multirun: a preset, fixed hyper-parameters and the axes swept over."""
+    """One Hydra multirun: an experiment at a ``scale`` (the ``conf/scale`` choice), fixed
+    hyper-parameters and the axes swept over."""
 
     experiment: str
     axes: dict[str, tuple[Value, ...]]
     fixed: dict[str, Value] = field(default_factory=dict)
+    scale: str = "paper"
+
+    @property
+    def group(self) -> str:
+        """The folder its runs are recorded in (:func:`preset_group`)."""
+        return preset_group(self.experiment, self.scale)
 
     def runs(self) -> list[dict[str, str]]:
         """Every run of the sweep as ``{override key: value}`` (fixed keys included)."""
@@ -52,10 +75,12 @@ class Sweep:
         return [fixed | {k: fmt(v) for k, v in zip(keys, combo, strict=True)} for combo in combos]
 
     def overrides(self) -> list[str]:
-        """The multirun command line: ``experiment=...``, fixed keys, ``key=v1,v2`` axes."""
+        """The multirun command line: ``experiment=...`` (and ``scale=...`` but at the paper's),
+        fixed keys, ``key=v1,v2`` axes."""
+        scale = [] if self.scale == "paper" else [f"scale={self.scale}"]
         fixed = [f"{k}={fmt(v)}" for k, v in self.fixed.items()]
         axes = [f"{k}={','.join(fmt(v) for v in values)}" for k, values in self.axes.items()]
-        return [f"experiment={self.experiment}", *fixed, *axes]
+        return [f"experiment={self.experiment}", *scale, *fixed, *axes]
 
 
 def run_dirname(run: dict[str, str]) -> str:
@@ -85,6 +110,7 @@ class Tuned:
     fixed: dict[str, Value] = field(default_factory=dict)
     metric: str = "test_acc"
     extend: int = 0
+    scale: str = "paper"
 
     @property
     def minimise(self) -> bool:
@@ -99,6 +125,7 @@ class Tuned:
             self.experiment,
             {"optimizer.lr": self.lrs if rates is None else rates},
             self.fixed | {"seed": self.seeds[0]},
+            self.scale,
         )
 
     def beyond(self, rates: tuple[float, ...], best: float) -> float | None:
@@ -116,7 +143,8 @@ class Tuned:
 
     def final(self, lr: float) -> Sweep:
         """The remaining seeds at the chosen rate (its first-seed run is the sweep's)."""
-        return Sweep(self.experiment, {"seed": self.seeds[1:]}, self.fixed | {"optimizer.lr": lr})
+        fixed = self.fixed | {"optimizer.lr": lr}
+        return Sweep(self.experiment, {"seed": self.seeds[1:]}, fixed, self.scale)
 
     @property
     def label(self) -> str:

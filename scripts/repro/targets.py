@@ -1,8 +1,10 @@
-"""Every reproduction target by name: the paper's tables and figures (:mod:`scripts.repro.grids`),
-then ``lm`` (:mod:`scripts.repro.lm_grid`)."""
+"""Every reproduction target by name: the paper's tables and figures (training runs:
+:mod:`scripts.repro.grids`; benchmark tables: :mod:`scripts.repro.bench_grid`), then ``lm``
+(:mod:`scripts.repro.lm_grid`)."""
 
 from __future__ import annotations
 
+from scripts.repro.bench_grid import table5, table8, table10
 from scripts.repro.grids import (
     fig3,
     fig4,
@@ -11,12 +13,9 @@ from scripts.repro.grids import (
     fig7,
     fig8,
     table4,
-    table5,
     table6,
     table7,
-    table8,
     table9,
-    table10,
 )
 from scripts.repro.lm_grid import lm
 from scripts.repro.sweeps import SCALES, Target

@@ -58,7 +58,12 @@ def settings(target: Target, runs: list[Run], layout: Layout) -> dict[str, list[
 
 def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[str]]:
     """The two panels and the findings (time to target per setting, ratios to Eva's)."""
-    from scripts.repro.figures import _grid, _legend, _style, mean_curve  # drawing helpers
+    from scripts.repro.figures import (  # drawing helpers
+        legend,
+        mean_curve,
+        optimizer_style,
+        panel_grid,
+    )
 
     groups = {
         k: [r for r in v if r.status == "completed"]
@@ -66,7 +71,7 @@ def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[
     }
     bench_name = str(target.settings.get("steptime", ""))
     times = step_times(layout.bench / f"{bench_name}.json")
-    fig, axes = _grid(1, 2, width=5.0, height=3.6)
+    fig, axes = panel_grid(1, 2, width=5.0, height=3.6)
     means = [m for v in groups.values() if v and (m := cell(v).mean) is not None]
     goal = min(means) if means else None
     rows: dict[str, tuple[float | None, float | None, int]] = {}
@@ -75,7 +80,7 @@ def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[
             continue
         method = members[0].optimizer
         ms = times.get(BENCH_LABEL.get(method, method))
-        style = _style(method)
+        style = optimizer_style(method)
         if "16-sample" in label:
             style = {**style, "linestyle": "--"}
         epochs, accs = mean_curve(members, "test_acc")
@@ -96,7 +101,7 @@ def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[
         ax.set_ylim(bottom=40)
     axes[0][0].set_xlabel("epoch")
     axes[0][1].set_xlabel(f"training time (s): steps × ms/step alone ({bench_name})")
-    _legend(axes[0][0], fontsize=6, loc="lower right")
+    legend(axes[0][0], fontsize=6, loc="lower right")
     fig.suptitle(target.title, fontsize=9)
     fig.tight_layout()
     findings = _findings(groups, rows, goal, times, bench_name)

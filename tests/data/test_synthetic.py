@@ -22,3 +22,14 @@ def test_synthetic_is_seeded():
     assert t.shape == (5, 2, 3)
     with pytest.raises(ValueError, match="input_shape"):
         synthetic_classification(2, (3, 0))
+
+
+def test_registry_synthetic_autoencoder_flag_gives_its_own_targets():
+    """``experiment=autoencoder`` sets ``dataset.autoencoder=true`` on any dataset: on synthetic
+    data it gives the same inputs-are-targets splits as ``num_classes=None``."""
+    from data.registry import synthetic
+
+    flagged = synthetic(6, 4, (5,), num_classes=10, autoencoder=True)
+    plain = synthetic(6, 4, (5,), num_classes=None)
+    assert flagged.num_classes is None
+    assert torch.equal(flagged.train[0], plain.train[0]) and flagged.train[1] is flagged.train[0]

@@ -35,6 +35,7 @@ from eva.comm import (
 from eva.layers import find_layers
 from tests.helpers import (
     STABLE_KWARGS,
+    STAT_NAMES,
     BatchNormCNN,
     TinyCNN,
     TinyMLP,
@@ -48,8 +49,6 @@ from tests.helpers import (
 
 WORLD = 2
 BUCKETS = {"one-bucket-per-dtype": 32 << 20, "tiny": 16}
-HOOK_NAMES = [n for n in registry_names() if eva.PRECONDITIONERS[n].statistics_needed]
-"""Preconditioners whose statistics come from hooks (the others communicate nothing)."""
 
 
 class CheckpointedCNN(TinyCNN):
@@ -416,7 +415,7 @@ def _fake_run(name: str, loop: str, overlap: bool) -> tuple[dict, list[str], lis
 
 
 @pytest.mark.parametrize("loop", list(LOOPS))
-@pytest.mark.parametrize("name", HOOK_NAMES)
+@pytest.mark.parametrize("name", STAT_NAMES)
 def test_overlap_bookkeeping_in_one_process(name, loop):
     """Overlapped or not, the same state and gradients; with overlap every statistic leaves
     during the backward pass (sent again after a second micro-batch), none in step()."""

@@ -97,7 +97,7 @@ def test_experiment_settings_are_timed_as_train_py_builds_them(tmp_path: Path) -
     """``--experiment``: the preset's own runs, one per ``--setting``, keyed by the setting (what
     scripts/repro/lm_report.py reads: models.<model>.algorithms.<setting>.time_ms.mean)."""
     settings = ("optimizer=adamw", "optimizer=eva,optimizer.weight_decay=0.0005")
-    args = ["--experiment", "smoke_lm", "--steps", "2", "--warmup", "1", "--batches", "2"]
+    args = ["--experiment", "lm,scale=smoke", "--steps", "2", "--warmup", "1", "--batches", "2"]
     args += [a for s in settings for a in ("--setting", s)]
     proc = bench(*args, "--threads", "1", "--out", str(tmp_path), "--name", "lm")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -132,7 +132,7 @@ def test_experiment_settings_against_their_base_optimizer_with_peak_memory(tmp_p
     on AdamW to AdamW, Eva on SGD to SGD), and ``--peak-memory rss`` measures every setting
     alone; ``{device}`` in ``--name`` is the device tag."""
     settings = ("optimizer=adamw", "optimizer=eva_adamw", "optimizer=sgd", "optimizer=eva")
-    args = ["--experiment", "smoke_lm", "--steps", "2", "--warmup", "1", "--batches", "2"]
+    args = ["--experiment", "lm,scale=smoke", "--steps", "2", "--warmup", "1", "--batches", "2"]
     args += [a for s in settings for a in ("--setting", s)]
     args += ["--peak-memory", "rss", "--peak-steps", "1", "--name", "lm-{device}"]
     proc = bench(*args, "--threads", "1", "--out", str(tmp_path))

@@ -1,6 +1,7 @@
-"""The grids (``scripts/repro/grids.py``, ``lm_grid.py``; by name in ``targets.py``): every run of
-every target composes into its preset group, shared runs are one directory named as Hydra names
-it (``sweeps.run_dirname``), the ``lm`` grid per scale.
+"""The grids (``scripts/repro/grids.py``, ``bench_grid.py``, ``lm_grid.py``; by name in
+``targets.py``): every run of every target composes into the group of its experiment and scale,
+shared runs are one directory named as Hydra names it (``sweeps.run_dirname``), the ``lm`` grid
+per scale.
 """
 
 from __future__ import annotations
@@ -19,19 +20,26 @@ from tests.scripts.repro.fabricate import LABELS
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_every_run_composes_into_its_preset_group(scale, compose):
-    """Each grid run is a valid train.py config; its folder is <group = preset name>/<dirname>."""
+def test_every_run_composes_into_its_group(scale, compose):
+    """Each grid run is a valid train.py config at its scale; its folder is <its config's
+    group>/<dirname>. A run that several targets share (same group and overrides) is composed
+    once."""
+    seen: set[tuple[str, str]] = set()
     for name in TARGETS:
         tgt = target(name, scale)
         sweeps = [*tgt.sweeps, *(t.sweep() for t in tgt.tuned), *(t.final(0.1) for t in tgt.tuned)]
         for sweep in sweeps:
             for run in sweep.runs()[:2]:
+                if (sweep.group, run_dirname(run)) in seen:
+                    continue
+                seen.add((sweep.group, run_dirname(run)))
                 overrides = [
                     f"experiment={sweep.experiment}",
+                    f"scale={sweep.scale}",
                     *(f"{k}={v}" for k, v in run.items()),
                 ]
                 cfg = compose(overrides, hydra=True)
-                assert cfg.group == sweep.experiment, (name, sweep.experiment)
+                assert cfg.group == sweep.group and cfg.scale == sweep.scale, (name, overrides)
                 choices = cfg.hydra.runtime.choices
                 for key, value in run.items():
                     got = choices[key] if key in choices else OmegaConf.select(cfg, key)
@@ -61,7 +69,8 @@ def test_shared_runs_are_one_directory():
 
 def test_run_dirname_matches_hydra(tmp_path, cli, tiny):
     """A diverging job does not stop its sweep, and Hydra's folder is the predicted one."""
-    sweep = Sweep("smoke_cifar", {"optimizer.lr": (1e12, 0.05)}, {"optimizer": "sgd"})
+    sweep = Sweep("cifar", {"optimizer.lr": (1e12, 0.05)}, {"optimizer": "sgd"}, "smoke")
+    assert sweep.overrides()[:2] == ["experiment=cifar", "scale=smoke"]
     args = ["-m", *sweep.overrides(), *tiny, f"out_root={tmp_path}", "skip_completed=true"]
     args += ["hydra.sweep.subdir=${hydra:job.override_dirname}"]
     args += [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE_KEYS)}]"]
@@ -71,7 +80,7 @@ def test_run_dirname_matches_hydra(tmp_path, cli, tiny):
     tiny_keys = {k: v for k, v in tiny_keys.items() if k not in EXCLUDE_KEYS}
     statuses = []
     for run in sweep.runs():
-        run_dir = tmp_path / "smoke_cifar" / run_dirname({**run, **tiny_keys})
+        run_dir = tmp_path / sweep.group / run_dirname({**run, **tiny_keys})
         statuses.append(RunRecord(run_dir).data["status"])
     assert statuses == ["failed", "completed"]
     again = cli(args, ROOT)
@@ -90,10 +99,13 @@ def test_lm_grid_per_scale():
         tgt = target("lm", scale)
         assert tuple(t.label for t in tgt.tuned) == LABELS
         assert all(t.metric == "test_loss" and t.minimise and t.seeds == (0, 1) for t in tgt.tuned)
-        assert {t.experiment for t in tgt.tuned} == {"smoke_lm" if scale == "smoke" else "lm"}
+        assert {(t.experiment, t.scale) for t in tgt.tuned} == {("lm", scale)}
         (job,) = tgt.bench
         assert job.script == "scripts.bench" and job.name == f"steptime-{scale}-lm"
-        assert [a for a in job.args if "=" in a] == list(LABELS)
+        settings = [b for a, b in zip(job.args, job.args[1:], strict=False) if a == "--setting"]
+        assert settings == list(LABELS)
+        experiment = job.args[job.args.index("--experiment") + 1]
+        assert experiment == ("lm" if scale == "paper" else f"lm,scale={scale}")
     cpu = target("lm", "cpu")
     assert [t.lrs for t in cpu.tuned] == [
         ADAMW_LRS,
@@ -119,5 +131,6 @@ def test_lm_runs_compose(compose):
         assert cfg.optimizer.name == run["optimizer"]
         decay = 0.1 if "adamw" in run["optimizer"] else 0.0005
         assert cfg.optimizer.base.weight_decay == decay
-    smoke = compose(["experiment=smoke_lm"])
-    assert smoke.group == "smoke_lm" and smoke.dataset.context <= smoke.model.kwargs.context
+    smoke = compose(["experiment=lm", "scale=smoke"])
+    assert smoke.group == "smoke_lm" and smoke.scale == "smoke"
+    assert smoke.dataset.context <= smoke.model.kwargs.context

@@ -81,7 +81,7 @@ def test_time_limit_stops_runs_and_says_what_is_left(tmp_path, monkeypatch):
     assert sum("(stopped: time limit)" in f for f in failures) == 2
     assert sum("(not started: time limit)" in f for f in failures) == 2
     for line in failures:
-        assert line.startswith("smoke_cifar/")
+        assert line.startswith("smoke_cifar_cosine/")  # fig3 at smoke: experiment=cifar_cosine
     gone = subprocess.run(["pgrep", "-f", "time.sleep\\(120\\)"], capture_output=True)
     assert gone.returncode == 1, gone.stdout  # no sleeper left running
 

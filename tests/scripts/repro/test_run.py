@@ -118,6 +118,18 @@ def test_paper_scale_dry_run_prints_torchrun_and_launcher_commands(tmp_path, cap
 def test_cpu_dry_run_prints_the_sweeps_and_the_benchmark(tmp_path, capsys):
     repro_run.run_targets([target("lm", "cpu")], Layout(tmp_path, "cpu"), dry_run=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(lines) == 8 and "-m scripts.bench --experiment lm --steps 30" in lines[-1]
-    assert "experiment=lm optimizer=adamw seed=0 optimizer.lr=0.001,0.002,0.004" in lines[0]
+    assert len(lines) == 8 and "-m scripts.bench --experiment lm,scale=cpu --steps 30" in lines[-1]
+    sweep = "experiment=lm scale=cpu optimizer=adamw seed=0 optimizer.lr=0.001,0.002,0.004"
+    assert sweep in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_benchmark_two_targets_share_runs_once(tmp_path, capsys):
+    """Tables 5 and 10 read one step-time record: asked for together, it is benchmarked once."""
+    targets = [target(name, "paper") for name in ("table5", "table10")]
+    assert targets[0].bench == targets[1].bench
+    repro_run.run_targets(targets, Layout(tmp_path, "paper"), dry_run=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == len(targets[0].bench) == 2
+    assert all("-m scripts.bench" in line for line in lines)
+    assert len(set(lines)) == 2
