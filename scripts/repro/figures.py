@@ -400,11 +400,13 @@ def draw(
 
 
 def save(figure: Figure, out: Path, stem: str) -> list[Path]:
-    """Write ``out/<stem>.png`` and ``.pdf``; returns the paths."""
+    """Write ``out/<stem>.png`` and ``.pdf``; returns the paths. The PDF has no creation date,
+    so re-rendering unchanged records leaves the files unchanged."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):
         path = out / f"{stem}{suffix}"
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+        metadata = {"CreationDate": None} if suffix == ".pdf" else None
+        figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     return paths
