@@ -39,7 +39,7 @@ def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch)
 
     def launch(self, job):
         started.append(job.run)
-        record = RunRecord(self._dir(job))
+        record = RunRecord(layout.run_dir(job.sweep, job.run))
         record.start({}, "fake", False)
         lr = float(job.run.get("optimizer.lr", 0.1))
         record.finish("completed", summary={"test_acc": 0.5 + (0.1 if lr == 0.05 else 0.0)})
