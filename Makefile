@@ -34,10 +34,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m scripts.demo
 
-## test: lint, then the test suite
+## test: lint, then the test suite (two pytest workers: about 10 min on 2 cores)
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 ## bench: step time, memory, communication and Eva's phase profile vs SGD (CIFAR models,
 ## batch 128), into results/bench/ (time to target: make fig5)

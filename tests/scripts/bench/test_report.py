@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench.report import render
+from scripts.bench.report import render, render_profile
 from tests.repository import ROOT
 
 RECORDS = sorted((ROOT / "results" / "bench").glob("steptime-*.json"))
@@ -32,13 +32,22 @@ def test_committed_records_still_render(path: Path) -> None:
 
 
 def test_old_profile_records_keep_their_phases() -> None:
-    """A record from the earlier per-phase timers (rows ``total``, ``forward hooks``...)."""
-    record = json.loads((ROOT / "results" / "bench" / "steptime-cpu.json").read_text())
-    profiles = [p for e in record["models"].values() for p in e.get("profile", {}).values()]
-    if not profiles:
-        pytest.skip("steptime-cpu.json has no phase profile")
-    md = render(record)
-    assert "forward hooks" in md and "median ms per step" in md
+    """A profile from the earlier per-phase timers (rows ``total``, ``forward hooks``..., as
+    records before 2026-12 hold them) still renders, each phase with its time and share."""
+    prof = {
+        "batch": 128,
+        "steps": 10,
+        "phases": [["total", 0], ["forward", 1], ["forward hooks", 2], ["backward", 1],
+                   ["preconditioner.step", 1], ["precondition", 2], ["optimizer.step", 1]],
+        "sgd_ms": {"total": 1212.9, "forward": 491.7, "backward": 720.6, "optimizer.step": 5.3},
+        "algo_ms": {"total": 1273.7, "forward": 513.9, "forward hooks": 10.8, "backward": 749.2,
+                    "preconditioner.step": 7.0, "precondition": 5.0, "optimizer.step": 4.8},
+    }  # fmt: skip
+    md = "\n".join(render_profile("resnet110", "eva", prof))
+    assert "(10 steps, median ms per step)" in md and "torch.profiler" not in md
+    indent = "&nbsp;" * 8  # two levels
+    assert f"| {indent}forward hooks | — | 10.80 | +10.80 | 18% |" in md
+    assert "Overhead over SGD: +60.80 ms per step (+5.0%)" in md
 
 
 def test_report_subcommand_rewrites_the_markdown(tmp_path: Path) -> None:
