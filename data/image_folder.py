@@ -99,7 +99,7 @@ def _decode(path: Path, mode: str) -> np.ndarray:
         return np.asarray(image.convert(mode))
 
 
-def _decode_all(samples: list[tuple[Path, int]], mode: str, num_workers: int) -> np.ndarray:
+def decode_all(samples: list[tuple[Path, int]], mode: str, num_workers: int) -> np.ndarray:
     """Decode every image into one ``(N, H, W, C)`` uint8 array (all images must share a size)."""
     first = _decode(samples[0][0], mode)
     if first.ndim == 2:
@@ -202,7 +202,7 @@ def load_image_folder(
                 return LabeledImages(stored["images"], stored["labels"], list(stored["classes"]))
 
     workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
-    array = _decode_all(samples, mode, max(1, workers))
+    array = decode_all(samples, mode, max(1, workers))
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
 

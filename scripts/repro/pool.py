@@ -132,7 +132,7 @@ class RunPool:
                 return
             while self.queue and len(running) < self.jobs:
                 job = self.queue.pop(0)
-                running[self._launch(job)] = (job, time.monotonic())
+                running[self.launch(job)] = (job, time.monotonic())
             time.sleep(1.0)
             for proc in [p for p in running if p.poll() is not None]:
                 job, began = running.pop(proc)
@@ -151,7 +151,9 @@ class RunPool:
     def _name(self, job: Job) -> str:
         return f"{job.sweep.group}/{self._dir(job).name}"
 
-    def _launch(self, job: Job) -> subprocess.Popen[bytes]:
+    def launch(self, job: Job) -> subprocess.Popen[bytes]:
+        """Start one run in the background (its output to ``output.log`` in its folder); the
+        tests replace it with a fake run."""
         path = self._dir(job)
         path.mkdir(parents=True, exist_ok=True)
         command = sweep_command(job.single(), self.layout, self.extra, self.force, self.nproc)

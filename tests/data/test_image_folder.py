@@ -35,7 +35,7 @@ def test_image_folder_layout_labels_and_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite a valid cache")
 
-    monkeypatch.setattr(image_folder, "_decode_all", no_decoding)
+    monkeypatch.setattr(image_folder, "decode_all", no_decoding)
     cached = load_cifar10_images(root, "train")
     assert cached.classes == ["airplane", "cat", "truck"] and len(cached.labels) == 6
 

@@ -45,7 +45,7 @@ def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch)
         record.finish("completed", summary={"test_acc": 0.5 + (0.1 if lr == 0.05 else 0.0)})
         return Finished()
 
-    monkeypatch.setattr(repro_pool.RunPool, "_launch", launch)
+    monkeypatch.setattr(repro_pool.RunPool, "launch", launch)
     monkeypatch.setattr(repro_pool.time, "sleep", lambda seconds: None)
     failures = repro_pool.RunPool(layout, targets, False, [], 1, 2, None, {}).run()
     assert failures == []
