@@ -278,8 +278,8 @@ def build_run(cfg: DictConfig, workers: Workers) -> Run:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training job; returns the final summary."""
+    check_scale(cfg, HydraConfig.get().runtime.choices)  # a user mistake: before any worker starts
     workers = setup_workers(cfg.trainer.device, cfg.trainer.dist_timeout_s)
-    check_scale(cfg, HydraConfig.get().runtime.choices)
     validate(cfg, workers.world_size)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.skip_completed and (done := finished_run(run_dir)) is not None:

@@ -11,7 +11,8 @@ Records go to ``<results>/runs/<scale>/``, benchmark records to ``<results>/benc
 (Markdown, LaTeX, PNG, PDF) to ``<results>/<scale>/`` (the language-model comparison ``lm``, not a
 paper artifact: to ``<results>/lm/`` at SCALE=cpu, ``<results>/lm/paper/`` at SCALE=paper).
 With complete records a target only re-renders; ``--force`` reruns it. What each target runs at
-each scale: ``scripts/repro/grids.py`` and ``bench_grid.py`` (the paper's), ``lm_grid.py`` (``lm``).
+each scale: ``scripts/repro/grids.py``, ``figure_grids.py`` and ``bench_grid.py`` (the paper's),
+``lm_grid.py`` (``lm``).
 """
 
 from __future__ import annotations

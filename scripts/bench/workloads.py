@@ -100,8 +100,8 @@ def experiment_runs(experiment: str, settings: Sequence[str], batches: int) -> E
 
     contenders: dict[str, Contender] = {}
     runs = []
+    name, *shared = experiment.split(",")
     for setting in settings:
-        name, *shared = experiment.split(",")
         overrides = [f"experiment={name}", *shared, *setting.split(","), "logger.wandb=false"]
         cfg = compose_config(overrides)
         run = train.build_run(cfg, Workers(0, 1, 0, resolve_device(cfg.trainer.device)))

@@ -3,11 +3,8 @@ makes at each scale (:class:`~scripts.repro.sweeps.BenchJob`) and what the rende
 
 from __future__ import annotations
 
+from scripts.repro.grids import scaled
 from scripts.repro.sweeps import BenchJob, Target
-
-
-def _scaled(scale: str, paper: object, cpu: object, smoke: object) -> object:
-    return {"paper": paper, "cpu": cpu, "smoke": smoke}[scale]
 
 
 def _bench_common(scale: str) -> tuple[str, ...]:
@@ -65,7 +62,7 @@ def table10(scale: str) -> Target:
 
 
 def table8(scale: str) -> Target:
-    small, large = _scaled(scale, ("64", "96"), ("4", "6"), ("2", "3"))  # type: ignore[misc]
+    small, large = scaled(scale, ("64", "96"), ("4", "6"), ("2", "3"))  # type: ignore[misc]
     common = _bench_common(scale)
     model = "resnet20" if scale == "smoke" else "resnet50"
     batch_flag = "--batch" if scale == "smoke" else "--imagenet-batch"

@@ -1,8 +1,10 @@
 """The paper's tables and figures (``table4`` ... ``fig8``): what each runs at each scale.
 
 The training runs: Hydra sweeps (:class:`~scripts.repro.sweeps.Sweep`); Table 4 and Fig. 5 tune
-each method's learning rate at the reduced scales (:class:`~scripts.repro.sweeps.Tuned`). Tables
-5, 8 and 10 are benchmark calls: :mod:`scripts.repro.bench_grid`.
+each method's learning rate at the reduced scales (:class:`~scripts.repro.sweeps.Tuned`). This
+module holds the tables (4, 6, 7, 9) and what every grid shares (the scales' models, data,
+seeds and budgets); the figures are :mod:`scripts.repro.figure_grids`, Tables 5, 8 and 10
+(benchmark calls) :mod:`scripts.repro.bench_grid`.
 
 Scales (``SCALES``):
 
@@ -62,7 +64,7 @@ Row = tuple[str, str, str, str]
 """(experiment, config scale, model, dataset) of a CIFAR-shaped run."""
 
 
-def _decisive(scale: str) -> Row:
+def decisive(scale: str) -> Row:
     """The runs of Tables 4/9 and Figs. 3/5/8 at a reduced scale."""
     if scale == "cpu":
         return ("cifar_cosine", "cpu", "resnet20", "cifar10_images")
@@ -82,13 +84,15 @@ def table4_settings(scale: str) -> tuple[dict[str, Value], ...]:
     )
 
 
-def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
-    exp, at, model, data = _decisive(scale)
+def table4_tuned(scale: str) -> tuple[Tuned, ...]:
+    """Table 4's settings (:func:`table4_settings`), each tuned over ``TUNED_LRS``: also Fig. 5's
+    runs at the reduced scales."""
+    exp, at, model, data = decisive(scale)
     return tuple(
         Tuned(
             exp,
             TUNED_LRS[scale],
-            _seeds(scale),
+            seeds(scale),
             {"model": model, "dataset": data} | setting,
             extend=TUNED_EXTEND[scale],
             scale=at,
@@ -97,18 +101,19 @@ def _table4_tuned(scale: str) -> tuple[Tuned, ...]:
     )
 
 
-def _fixed_lr(scale: str) -> dict[str, Value]:
+def untuned_fixed(scale: str) -> dict[str, Value]:
     """Model, data and the preset's lr of the untuned reduced-scale runs (the lr is spelled out
     so that a run shared with a tuned sweep has the same directory)."""
-    _, _, model, data = _decisive(scale)
+    _, _, model, data = decisive(scale)
     return {"model": model, "dataset": data, "optimizer.lr": 0.1}
 
 
-def _scaled(scale: str, paper: object, cpu: object, smoke: object) -> object:
+def scaled(scale: str, paper: object, cpu: object, smoke: object) -> object:
+    """The value of a setting at ``scale``, from its three values."""
     return {"paper": paper, "cpu": cpu, "smoke": smoke}[scale]
 
 
-def _cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[Row]:
+def cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[Row]:
     """The paper's (experiment, model, dataset) rows, or the scale's stand-in."""
     if scale == "paper":
         return [(exp, "paper", model, data) for exp, model, data in paper_rows]
@@ -117,21 +122,22 @@ def _cifar_rows(scale: str, paper_rows: list[tuple[str, str, str]]) -> list[Row]
     return [("cifar", "smoke", "resnet20", "smoke_images")]
 
 
-def _seeds(scale: str) -> tuple[int, ...]:
+def seeds(scale: str) -> tuple[int, ...]:
+    """The seeds of a run repeated over seeds: 3, or 2 at the smoke scale."""
     return (0, 1) if scale == "smoke" else (0, 1, 2)
 
 
-def _budget(scale: str) -> int:
+def budget(scale: str) -> int:
     """The epochs standing in for the paper's 100 (Tables 7/9, Figs. 3/7/8)."""
-    return int(_scaled(scale, 100, 4, 1))  # type: ignore[call-overload]
+    return int(scaled(scale, 100, 4, 1))  # type: ignore[call-overload]
 
 
-def _long(scale: str) -> int:
+def long_budget(scale: str) -> int:
     """The epochs standing in for the paper's 200 (Figs. 5/6: the longest Table 4 budget)."""
-    return int(_scaled(scale, 200, 8, 2))  # type: ignore[call-overload]
+    return int(scaled(scale, 200, 8, 2))  # type: ignore[call-overload]
 
 
-def _lr_fixed(scale: str, optimizer: str) -> dict[str, Value]:
+def optimizer_lr(scale: str, optimizer: str) -> dict[str, Value]:
     """Per-optimizer lr for the optimizers whose lr is not the SGD recipe's."""
     if optimizer not in CIFAR_LR:
         return {}  # Shampoo (grafted) and M-FAC (KL-clipped) take the SGD recipe's lr
@@ -148,8 +154,8 @@ def table4(scale: str) -> Target:
             "Test accuracy (%) of SGD, K-FAC and Eva trained from scratch, each at its best "
             "learning rate; K-FAC and Eva with whole-batch and with 16-sample statistics",
             f"{what}; lr swept over {TUNED_LRS[scale]} with seed 0 (one more rate past the "
-            f"edge when the best sits on it), then seeds {_seeds(scale)} at the best one",
-            tuned=_table4_tuned(scale),
+            f"edge when the best sits on it), then seeds {seeds(scale)} at the best one",
+            tuned=table4_tuned(scale),
             not_run=(CPU_ONLY_MODEL, NO_C100) if scale == "cpu" else (),
             settings={"lrs": TUNED_LRS[scale]},
         )
@@ -165,7 +171,7 @@ def table4(scale: str) -> Target:
     sweeps = tuple(
         Sweep(
             exp,
-            {"optimizer": ("sgd", "kfac", "eva"), "trainer.epochs": epochs, "seed": _seeds(scale)},
+            {"optimizer": ("sgd", "kfac", "eva"), "trainer.epochs": epochs, "seed": seeds(scale)},
             {"model": model, "dataset": data},
         )
         for exp, model, data in rows
@@ -181,7 +187,7 @@ def table4(scale: str) -> Target:
 
 
 def table7(scale: str) -> Target:
-    rows = _cifar_rows(
+    rows = cifar_rows(
         scale,
         [
             ("cifar", "vgg19", "cifar10"),
@@ -198,15 +204,15 @@ def table7(scale: str) -> Target:
                 "model": model,
                 "dataset": data,
                 "optimizer": opt,
-                "trainer.epochs": _budget(scale),
+                "trainer.epochs": budget(scale),
             }
-            fixed |= _lr_fixed(scale, opt)
-            sweeps.append(Sweep(preset, {"seed": _seeds(scale)}, fixed, at))
+            fixed |= optimizer_lr(scale, opt)
+            sweeps.append(Sweep(preset, {"seed": seeds(scale)}, fixed, at))
     return Target(
         "table7",
         scale,
         "Validation accuracy (%) of Eva and four more optimizers, the paper's 100-epoch budget",
-        _scaled(
+        scaled(
             scale,
             f"{PAPER_CIFAR}, 100 epochs, 3 seeds; learning rates per optimizer are ours "
             f"(the paper tuned them but does not list them): {CIFAR_LR}",
@@ -226,14 +232,14 @@ def table9(scale: str) -> Target:
         "kl_clip and never read it)"
     )
     if scale != "paper":
-        exp, at = _decisive(scale)[:2]
+        exp, at = decisive(scale)[:2]
         return Target(
             "table9",
             scale,
             "Ablation: Eva without momentum, without KL clipping, without Kronecker vectors",
             f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; every row at lr 0.1; "
-            f"seeds {_seeds(scale)}; {unclipped}",
-            (Sweep(exp, {"optimizer": ablations, "seed": _seeds(scale)}, _fixed_lr(scale), at),),
+            f"seeds {seeds(scale)}; {unclipped}",
+            (Sweep(exp, {"optimizer": ablations, "seed": seeds(scale)}, untuned_fixed(scale), at),),
             not_run=(CPU_ONLY_MODEL, NO_C100) if scale == "cpu" else (),
         )
     rows = [
@@ -244,8 +250,8 @@ def table9(scale: str) -> Target:
     sweeps = tuple(
         Sweep(
             exp,
-            {"optimizer": ablations, "seed": _seeds(scale)},
-            {"model": model, "dataset": data, "trainer.epochs": _budget(scale)},
+            {"optimizer": ablations, "seed": seeds(scale)},
+            {"model": model, "dataset": data, "trainer.epochs": budget(scale)},
         )
         for exp, model, data in rows
     )
@@ -272,7 +278,7 @@ def table6(scale: str) -> Target:
             ),
         )
     if scale == "smoke":
-        rows = _cifar_rows(scale, [])
+        rows = cifar_rows(scale, [])
     else:
         rows = [
             ("finetune", "paper", m, d)
@@ -282,8 +288,8 @@ def table6(scale: str) -> Target:
     sweeps = tuple(
         Sweep(
             exp,
-            {"optimizer": ("sgd", "kfac", "eva"), "seed": _seeds(scale)},
-            {"model": model, "dataset": data, "trainer.epochs": _scaled(scale, 20, 20, 1)},
+            {"optimizer": ("sgd", "kfac", "eva"), "seed": seeds(scale)},
+            {"model": model, "dataset": data, "trainer.epochs": scaled(scale, 20, 20, 1)},
             at,
         )
         for exp, at, model, data in rows
@@ -292,247 +298,12 @@ def table6(scale: str) -> Target:
         "table6",
         scale,
         "Fine-tuning pretrained EfficientNet-b0 and ViT-B/16 for 20 epochs",
-        _scaled(
+        scaled(
             scale,
             "finetune preset, 20 epochs, 3 seeds; pretrained weights from the file named by "
             "+model.kwargs.pretrained (pass it with --override)",
             "",
             "smoke: synthetic data, random weights",
         ),  # type: ignore[arg-type]
-        sweeps,
-    )
-
-
-def fig3(scale: str) -> Target:
-    if scale != "paper":
-        exp, at = _decisive(scale)[:2]
-        methods = {"optimizer": ("foof", "foof_rank1"), "seed": (0, 1)}
-        sweep = Sweep(exp, methods, _fixed_lr(scale), at)
-        return Target(
-            "fig3",
-            scale,
-            "FOOF vs FOOF rank-1: training loss and validation accuracy per epoch",
-            f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; seeds 0 and 1 (curves: "
-            "their mean); FOOF's runs are Fig. 8's",
-            (sweep,),
-            not_run=("VGG-19: ResNet-20 instead",) if scale == "cpu" else (),
-        )
-    sweep = Sweep(
-        "cifar",
-        {"optimizer": ("foof", "foof_rank1")},
-        {"model": "vgg19", "dataset": "cifar10", "trainer.epochs": _budget(scale), "seed": 0},
-    )
-    return Target(
-        "fig3",
-        scale,
-        "FOOF vs FOOF rank-1: training loss and validation accuracy per epoch",
-        f"VGG-19 on CIFAR-10, {PAPER_CIFAR}, 100 epochs",
-        (sweep,),
-    )
-
-
-def fig4(scale: str) -> Target:
-    datasets = _scaled(
-        scale, ("mnist", "fmnist", "faces", "curves"), ("mnist", "fmnist"), ("smoke_vectors",)
-    )
-    sweeps = []
-    for data in datasets:  # type: ignore[attr-defined]
-        fixed: dict[str, Value] = {"dataset": data, "seed": 0}
-        if data == "faces":  # 25×25 images: 625-2000-1000-500-30 (Fig. 4's FACES network)
-            fixed["model.kwargs.dims"] = "[625,2000,1000,500,30]"
-        for opt, lrs in AUTOENCODER_LR.items():
-            sweeps.append(
-                Sweep("autoencoder", {"optimizer.lr": lrs}, fixed | {"optimizer": opt}, scale)
-            )
-    return Target(
-        "fig4",
-        scale,
-        "8-layer autoencoder: training and test loss per epoch",
-        _scaled(
-            scale,
-            "the paper's autoencoder recipe (batch 1000, 100 epochs, linear decay); learning "
-            f"rates per optimizer are ours (each shown at its best one): {AUTOENCODER_LR}",
-            "the paper's autoencoder and batch 1000 on the full MNIST and Fashion-MNIST splits, "
-            "10 epochs with linear decay, seed 0; learning rates (ours; each optimizer is shown "
-            f"at its best one): {AUTOENCODER_LR}",
-            "smoke: synthetic data",
-        ),  # type: ignore[arg-type]
-        tuple(sweeps),
-        not_run=() if scale == "paper" else ("FACES and CURVES are not available here",),
-    )
-
-
-def _time_rows(scale: str) -> list[Row]:
-    return _cifar_rows(
-        scale,
-        [
-            ("cifar", "vgg19", "cifar10"),
-            ("cifar", "resnet110", "cifar10"),
-            ("cifar_tricks", "wrn28_10", "cifar10"),
-        ],
-    )
-
-
-def fig5(scale: str) -> Target:
-    title = "Test accuracy over epochs and over training time; time to a target accuracy"
-    if scale != "paper":
-        exp, at = _decisive(scale)[:2]
-        shampoo = Sweep(exp, {"seed": (0, 1)}, _fixed_lr(scale) | {"optimizer": "shampoo"}, at)
-        return Target(
-            "fig5",
-            scale,
-            title,
-            f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; Table 4's runs (each "
-            "method at its tuned lr, 3 seeds) plus Shampoo at lr 0.1 (Fig. 8's runs, 2 seeds); "
-            "seconds are steps × the method's mean step time measured alone on the CPU "
-            "(`steptime-cpu-resnet20` record), since the runs themselves may share a machine",
-            (shampoo,),
-            tuned=_table4_tuned(scale),
-            not_run=("ImageNet (panel d) is not available here", CPU_ONLY_MODEL)
-            if scale == "cpu"
-            else (),
-            settings={"steptime": "steptime-cpu-resnet20"},
-        )
-    sweeps = tuple(
-        Sweep(
-            exp,
-            {"optimizer": ("sgd", "kfac", "shampoo", "eva")},
-            {"model": model, "dataset": data, "trainer.epochs": _long(scale), "seed": 0},
-            at,
-        )
-        for exp, at, model, data in _time_rows(scale)
-    )
-    return Target(
-        "fig5",
-        scale,
-        "Wall-clock time to target accuracy (target: SGD's final accuracy)",
-        f"{PAPER_CIFAR}, 200 epochs, seed 0, one GPU per run",
-        sweeps,
-        not_run=(
-            "ImageNet (panel d): run `train.py experiment=imagenet` on 32 GPUs (per-optimizer "
-            "batch sizes and intervals, see conf/experiment/imagenet.yaml)",
-        ),
-    )
-
-
-def fig6(scale: str) -> Target:
-    sweeps: list[Sweep] = []
-    for exp, at, model, data in _time_rows(scale)[:2]:
-        fixed: dict[str, Value] = {
-            "model": model,
-            "dataset": data,
-            "trainer.epochs": _long(scale),
-            "seed": 0,
-        }
-        # K-FAC's preset interval (10) and Eva are Table 4's / Fig. 5's runs.
-        sweeps.append(Sweep(exp, {"optimizer": ("kfac", "eva")}, fixed, at))
-        intervals = {"optimizer.update_interval": (1, 50)}
-        sweeps.append(Sweep(exp, intervals, fixed | {"optimizer": "kfac"}, at))
-    return Target(
-        "fig6",
-        scale,
-        "K-FAC with update intervals 1, 10 and 50 vs Eva: accuracy over wall-clock time",
-        _scaled(
-            scale,
-            f"VGG-19 and ResNet-110 on CIFAR-10, {PAPER_CIFAR}, 200 epochs, seed 0",
-            f"{CPU_DATA}; 8 epochs; seed 0; runs one after another on the same 2-core CPU",
-            "smoke: synthetic data",
-        ),  # type: ignore[arg-type]
-        tuple(sweeps),
-        not_run=() if scale == "paper" else (CPU_ONLY_MODEL,),
-    )
-
-
-def fig7(scale: str) -> Target:
-    exp, at, model, data = _cifar_rows(scale, [("cifar", "resnet110", "cifar10")])[0]
-    base: dict[str, Value] = {
-        "model": model,
-        "dataset": data,
-        "trainer.epochs": _budget(scale),
-        "seed": 0,
-    }
-    lr0 = float(_scaled(scale, 0.4, 0.1, 0.1))  # type: ignore[arg-type]
-    batch0 = int(_scaled(scale, 512, 128, 16))  # type: ignore[call-overload]
-    three = ("sgd", "kfac", "eva")
-    # Each axis leaves out the preset's value: that point is the base sweep's run.
-    lrs = (lr0 / 2, lr0 * 2) if scale != "paper" else (0.1, 0.2, 0.8, 1.6)
-    batches = (batch0 * 2, batch0 * 4) if scale != "paper" else (128, 256, 1024, 2048)
-    sweeps = [
-        Sweep(exp, {"optimizer": three, "optimizer.lr": lrs}, base, at),
-        *(
-            Sweep(
-                exp,
-                {"optimizer": three},
-                base | {"trainer.batch_size": b, "optimizer.lr": lr0 * b / batch0},
-                at,
-            )
-            for b in batches
-        ),
-        Sweep(
-            exp,
-            {
-                "optimizer": ("kfac", "eva"),
-                "optimizer.damping": (0.003, 0.3)
-                if scale != "paper"
-                else (0.001, 0.003, 0.01, 0.1, 0.3),
-            },
-            base,
-            at,
-        ),
-        Sweep(
-            exp,
-            {
-                "optimizer": ("kfac", "eva"),
-                "optimizer.running_avg": (0.5, 0.99) if scale != "paper" else (0.5, 0.9, 0.99),
-            },
-            base,
-            at,
-        ),
-        Sweep(exp, {"optimizer": three}, base, at),  # the default point of every panel
-    ]
-    return Target(
-        "fig7",
-        scale,
-        "Hyper-parameter study: learning rate, batch size, damping, running average",
-        _scaled(
-            scale,
-            f"ResNet-110 on CIFAR-10, {PAPER_CIFAR}, 100 epochs, seed 0; batch sizes with the "
-            "learning rate scaled linearly (0.4 at 512); grid values are ours",
-            f"{CPU_DATA}; 4 epochs; seed 0; batch sizes 256/512 with the lr scaled linearly",
-            "smoke: synthetic data",
-        ),  # type: ignore[arg-type]
-        tuple(sweeps),
-        not_run=() if scale == "paper" else ("ResNet-110: ResNet-20 instead",),
-        settings={"lr": lr0, "batch": batch0},
-    )
-
-
-def fig8(scale: str) -> Target:
-    methods = ("foof", "eva_f", "shampoo", "eva_s")
-    if scale != "paper":
-        exp, at = _decisive(scale)[:2]
-        return Target(
-            "fig8",
-            scale,
-            "Eva-f vs FOOF and Eva-s vs Shampoo: training loss and validation accuracy per epoch",
-            f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; lr 0.1 for all four; "
-            "seeds 0 and 1 (curves: their mean)",
-            (Sweep(exp, {"optimizer": methods, "seed": (0, 1)}, _fixed_lr(scale), at),),
-            not_run=("ResNet-110: ResNet-20 instead", NO_C100) if scale == "cpu" else (),
-        )
-    rows = [("cifar_cosine", "resnet110", "cifar10"), ("cifar_cosine", "vgg19", "cifar100")]
-    sweeps = tuple(
-        Sweep(
-            exp,
-            {"optimizer": methods},
-            {"model": model, "dataset": data, "trainer.epochs": _budget(scale), "seed": 0},
-        )
-        for exp, model, data in rows
-    )
-    return Target(
-        "fig8",
-        scale,
-        "Eva-f vs FOOF and Eva-s vs Shampoo: training loss and validation accuracy per epoch",
-        "ResNet-110 on CIFAR-10 and VGG-19 on CIFAR-100, cosine schedule, 100 epochs, seed 0",
         sweeps,
     )

@@ -1,22 +1,12 @@
 """Every reproduction target by name: the paper's tables and figures (training runs:
-:mod:`scripts.repro.grids`; benchmark tables: :mod:`scripts.repro.bench_grid`), then ``lm``
-(:mod:`scripts.repro.lm_grid`)."""
+:mod:`scripts.repro.grids`, :mod:`scripts.repro.figure_grids`; benchmark tables:
+:mod:`scripts.repro.bench_grid`), then ``lm`` (:mod:`scripts.repro.lm_grid`)."""
 
 from __future__ import annotations
 
 from scripts.repro.bench_grid import table5, table8, table10
-from scripts.repro.grids import (
-    fig3,
-    fig4,
-    fig5,
-    fig6,
-    fig7,
-    fig8,
-    table4,
-    table6,
-    table7,
-    table9,
-)
+from scripts.repro.figure_grids import fig3, fig4, fig5, fig6, fig7, fig8
+from scripts.repro.grids import table4, table6, table7, table9
 from scripts.repro.lm_grid import lm
 from scripts.repro.sweeps import SCALES, Target
 

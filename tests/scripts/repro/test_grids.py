@@ -1,7 +1,7 @@
-"""The grids (``scripts/repro/grids.py``, ``bench_grid.py``, ``lm_grid.py``; by name in
-``targets.py``): every run of every target composes into the group of its experiment and scale,
-shared runs are one directory named as Hydra names it (``sweeps.run_dirname``), the ``lm`` grid
-per scale.
+"""The grids (``scripts/repro/grids.py``, ``figure_grids.py``, ``bench_grid.py``, ``lm_grid.py``;
+by name in ``targets.py``): every run of every target composes into the group of its experiment
+and scale, shared runs are one directory named as Hydra names it (``sweeps.run_dirname``), the
+``lm`` grid per scale.
 """
 
 from __future__ import annotations
