@@ -14,11 +14,17 @@ from collections import Counter
 from pathlib import Path
 
 from harness.records import atomic_write_text
-from scripts.repro import figures, lm_report, tables
+from scripts.repro import bench_tables, figures, lm_report, tables
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
 
+TABLES = {
+    builder.__name__: builder
+    for builder in (tables.table4, tables.table6, tables.table7, tables.table9)
+    + (bench_tables.table5, bench_tables.table8, bench_tables.table10)
+}
+"""The builder of each ``table*`` target's :class:`~scripts.repro.tables.Table`."""
 OWN_TITLES = {"lm": "Language model"}
 """Titles of the targets that are not the paper's."""
 
@@ -76,7 +82,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
     text = header(target, runs, layout, notes)
     written: list[Path] = []
     if target.name.startswith("table"):
-        table = tables.build(target, runs, layout)
+        table = TABLES[target.name](target, runs, layout)
         text += "\n" + (tables.markdown(table) if table.rows else "_No records yet._\n")
         findings = table.findings
         caption = f"{target.title} (SCALE={target.scale}): {target.what_ran}."
