@@ -78,6 +78,12 @@ class RunPool:
         self.queue.sort(key=lambda job: int(job.run.get("seed", 0)))
 
     def _add(self, sweep: Sweep, front: bool = False) -> None:
+        self._queue(self._new_jobs(sweep), front)
+
+    def _queue(self, new: list[Job], front: bool) -> None:
+        self.queue = new + self.queue if front else self.queue + new
+
+    def _new_jobs(self, sweep: Sweep) -> list[Job]:
         new = []
         for run in sweep.runs():
             path = self.layout.run_dir(sweep, run)
@@ -89,9 +95,10 @@ class RunPool:
             if self.force or finished_run(path) is None:
                 new.append(Job(sweep, run))
                 self.pending.add(path)
-        self.queue = new + self.queue if front else self.queue + new
+        return new
 
     def _release_finals(self) -> None:
+        released: list[Job] = []
         for tuned in list(self.waiting):
             sweep = current_sweep(tuned, self.layout)
             self._add(sweep, front=True)  # a rate past an edge the finished sweep's best sat on
@@ -100,7 +107,9 @@ class RunPool:
             lr = chosen_lr(tuned, self.layout)
             if lr is not None:
                 self.waiting.remove(tuned)
-                self._add(tuned.final(lr), front=True)
+                released += [job for final in tuned.finals(lr) for job in self._new_jobs(final)]
+        # ahead of the queue, lower seeds first (as at the start: a time limit cuts seeds)
+        self._queue(sorted(released, key=lambda job: int(job.run.get("seed", 0))), front=True)
 
     def run(self) -> list[str]:
         """Run everything queued; returns a line per run that did not finish."""

@@ -85,7 +85,7 @@ def target_sweeps(target: Target, layout: Layout) -> list[Sweep]:
         sweeps.append(current_sweep(tuned, layout))
         lr = chosen_lr(tuned, layout)
         if lr is not None:
-            sweeps.append(tuned.final(lr))
+            sweeps.extend(tuned.finals(lr))
     return sweeps
 
 

@@ -146,7 +146,7 @@ def final_sweeps(target: Target, layout: Layout) -> tuple[list[Sweep], list[str]
         if lr is None:
             notes.append(f"not run yet: {tuned.label} at its best lr (its lr sweep is unfinished)")
         else:
-            sweeps.append(tuned.final(lr))
+            sweeps.extend(tuned.finals(lr))
     return sweeps, notes
 
 

@@ -102,6 +102,10 @@ class Tuned:
     A best rate at the edge of the sweep says little: with ``extend`` > 0 the sweep grows by one
     rate past that edge (:meth:`beyond`, the grid's own ratio) and is judged again, up to
     ``extend`` extra rates (:func:`scripts.repro.tuning.swept_rates`).
+
+    ``longer``: epoch budgets beyond the experiment's own that every seed also runs at the chosen
+    rate (:meth:`longer_runs`): the rate is tuned at the short budget, as the paper's sweeps may
+    be shorter than its final runs, and reported at each.
     """
 
     experiment: str
@@ -111,6 +115,7 @@ class Tuned:
     metric: str = "test_acc"
     extend: int = 0
     scale: str = "paper"
+    longer: tuple[int, ...] = ()
 
     @property
     def minimise(self) -> bool:
@@ -145,6 +150,24 @@ class Tuned:
         """The remaining seeds at the chosen rate (its first-seed run is the sweep's)."""
         fixed = self.fixed | {"optimizer.lr": lr}
         return Sweep(self.experiment, {"seed": self.seeds[1:]}, fixed, self.scale)
+
+    def longer_runs(self, lr: float) -> tuple[Sweep, ...]:
+        """Every seed at the chosen rate for each budget of :attr:`longer` (``trainer.epochs``
+        is one more override, so these runs have directories of their own)."""
+        fixed = self.fixed | {"optimizer.lr": lr}
+        return tuple(
+            Sweep(
+                self.experiment,
+                {"seed": self.seeds},
+                fixed | {"trainer.epochs": epochs},
+                self.scale,
+            )
+            for epochs in self.longer
+        )
+
+    def finals(self, lr: float) -> tuple[Sweep, ...]:
+        """What runs once the rate is chosen: :meth:`final`, then :meth:`longer_runs`."""
+        return (self.final(lr), *self.longer_runs(lr))
 
     @property
     def label(self) -> str:

@@ -29,11 +29,12 @@ class Finished:
 def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch):
     """Every sweep run starts before its setting's finals, and so does the rate past the edge
     the sweep's best sat on (0.025 here; Table 4's settings given one extension, as at the cpu
-    scale); the finals run at the chosen lr and jump the queue; runs shared by targets start
-    once; first seeds come before second seeds."""
+    scale); the finals (and every seed at a longer budget, given one here) run at the chosen lr
+    and jump the queue, first seeds first; runs shared by targets start once; first seeds come
+    before second seeds."""
     layout = Layout(tmp_path, "smoke")
     targets = [target(name, "smoke") for name in ("table4", "fig8", "fig3", "table9")]
-    extended = tuple(replace(tuned, extend=1) for tuned in targets[0].tuned)
+    extended = tuple(replace(tuned, extend=1, longer=(2,)) for tuned in targets[0].tuned)
     targets[0] = replace(targets[0], tuned=extended)
     started: list[dict[str, str]] = []
 
@@ -58,7 +59,12 @@ def test_final_seeds_wait_for_their_sweep_and_start_first(tmp_path, monkeypatch)
         assert max(started.index(r) for r in sweep) < min(started.index(r) for r in final)
         extension = tuned.sweep((0.025,)).runs()[0]
         assert started.index(extension) < min(started.index(r) for r in final)
-    finals = [r for t in targets[0].tuned for r in t.final(0.05).runs()]
+    finals = [r for t in targets[0].tuned for s in t.finals(0.05) for r in s.runs()]
+    assert len(finals) == 5 * 3 and all(r["optimizer.lr"] == "0.05" for r in finals)
+    assert sum(r.get("trainer.epochs") == "2" for r in finals) == 5 * 2
+    for tuned in targets[0].tuned:  # released together: lower seeds first
+        order = sorted(started.index(r) for s in tuned.finals(0.05) for r in s.runs())
+        assert [started[i]["seed"] for i in order] == ["0", "1", "1"]
     statics = [r for r in started if r["optimizer"] in ("eva_f", "eva_s", "foof_rank1")]
     # finals jump the queue: all of them start before the first static run queued ahead of them
     assert max(started.index(r) for r in finals) < started.index(statics[0])

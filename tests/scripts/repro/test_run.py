@@ -67,28 +67,53 @@ def test_table4_picks_each_settings_best_lr_then_runs_its_seeds(tmp_path):
         fabricate_sweep(tuned, 4)
     chosen = [chosen_lr(t, layout) for t in tgt.tuned]
     assert chosen == [0.1, 0.05, 0.2, 0.025, 0.2]  # one extension only: Eva's stays on its edge
+    long_acc = {  # 20 epochs, seeds 0-2 at the chosen lr (Eva-16: seed 0 only so far)
+        "optimizer=sgd": (0.85, 0.86, 0.87),
+        "optimizer=kfac": (0.86, 0.87, 0.88),
+        "optimizer=kfac,optimizer.stat_batch=16": (0.84, 0.85, 0.86),
+        "optimizer=eva": (0.85, 0.85, 0.85),
+        "optimizer=eva,optimizer.stat_batch=16": (0.88,),
+    }
     for tuned, lr in zip(tgt.tuned, chosen, strict=True):
-        final = tuned.final(lr)
+        final, long = tuned.finals(lr)
+        assert final == tuned.final(lr)
         assert [r["seed"] for r in final.runs()] == ["1", "2"]
         for run in final.runs():
             acc = dict(sweep_acc[tuned.label])[lr] + 0.01 * int(run["seed"])
             fabricate(layout, final, run, {"test_acc": acc}, config=run)
+        assert long.fixed == tuned.fixed | {"optimizer.lr": lr, "trainer.epochs": 20}
+        assert [r["seed"] for r in long.runs()] == ["0", "1", "2"]
+        for run, acc in zip(long.runs(), long_acc[tuned.label], strict=False):
+            fabricate(layout, long, run, {"test_acc": acc}, config=run)
     assert not repro_run.pending(tgt, layout)
+    assert [s.fixed.get("trainer.epochs") for s in repro_run.final_sweeps(tgt, layout)[0]] == [
+        None,
+        20,
+    ] * 5
     md = render(tgt, layout)[0].read_text()
     assert "| lr 0.025 (seed 0) | lr 0.05 (seed 0) | lr 0.1 (seed 0) | lr 0.2 (seed 0) |" in md
     # SGD at 0.1: seeds 82, 83, 84 → 83.00 ± 1.00; Eva at 0.025: 86, 87, 88 → 87.00 ± 1.00
-    assert "| SGD | — | 80.00 | 82.00 | 81.00 | — | 0.1 | 83.00 ± 1.00 | — |" in md
+    assert "| 20 epochs, test acc. (all seeds) | 20 epochs, − SGD |" in md
+    row = "| SGD | — | 80.00 | 82.00 | 81.00 | — | 0.1 | 83.00 ± 1.00 | — |"
+    assert row + " 86.00 ± 1.00 | — |" in md
     row = "| Eva, whole-batch statistics | 86.00 | 85.00 | 84.00 | 83.00 | — |"
-    assert row + " 0.025 (edge of sweep) | 87.00 ± 1.00 | +4.00 ± 0.82 (higher) |" in md
+    row += " 0.025 (edge of sweep) | 87.00 ± 1.00 | +4.00 ± 0.82 (higher) |"
+    assert row + " 85.00 ± 0.00 | -1.00 ± 0.58 (no difference) |" in md
     row = "| K-FAC, 16-sample statistics | — | 80.00 | 81.00 | 84.00 | 83.00 | 0.2 |"
     assert row + " 85.00 ± 1.00 |" in md
+    assert "| 88.00 (2/3 not run) | — |" in md  # Eva-16 at 20 epochs: one seed of three
+    # at 20 epochs Eva 85 ± 0 and K-FAC 87 ± 1 against SGD 86 ± 1; Eva-16 has one seed only
+    assert "At 20 epochs, with whole-batch statistics: Eva − SGD -1.00 ± 0.58" in md
+    assert "At 20 epochs, with 16-sample" not in md  # not said on one seed
+    row = "At 20 epochs, the statistics question, 16-sample minus whole-batch statistics"
+    assert row + " (each at its best lr): K-FAC -2.00 ± 0.82 (lower)." in md
     assert "With whole-batch statistics: Eva − SGD +4.00 ± 0.82 (higher)" in md
     assert "K-FAC − SGD +1.00 ± 0.82 (no difference)" in md
     assert "does not hold at this scale" in md
     # K-FAC: 16-sample 85 ± 1 vs whole-batch 84 ± 1; Eva: 16-sample 82 ± 1 vs whole-batch 87 ± 1
     assert "16-sample minus whole-batch statistics (each at its best lr): K-FAC +1.00 ± 0.82" in md
     assert "Eva -5.00 ± 0.82 (lower)." in md
-    assert "Runs: 29 of 29 completed" in md
+    assert "Runs: 42 of 44 completed" in md
 
 
 def test_missing_cifar_images_are_reported_not_run(tmp_path, monkeypatch, capsys):
