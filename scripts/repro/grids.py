@@ -159,7 +159,7 @@ def table4(scale: str) -> Target:
             "learning rate; K-FAC and Eva with whole-batch and with 16-sample statistics",
             f"{what}; lr swept over {TUNED_LRS[scale]} with seed 0 (one more rate past the "
             f"edge when the best sits on it), then seeds {seeds(scale)} at the best one"
-            + "".join(f", and for {e} epochs" for e in TABLE4_LONGER[scale]),
+            + "".join(f"; every seed also for {e} epochs at that lr" for e in TABLE4_LONGER[scale]),
             tuned=table4_tuned(scale, TABLE4_LONGER[scale]),
             not_run=(CPU_ONLY_MODEL, NO_C100) if scale == "cpu" else (),
             settings={"lrs": TUNED_LRS[scale]},
