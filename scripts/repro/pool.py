@@ -43,6 +43,11 @@ class Job:
         return Sweep(self.sweep.experiment, {}, dict(self.run), self.sweep.scale)
 
 
+def _seed(job: Job) -> int:
+    """The order jobs start in: lower seeds first (a time limit then cuts seeds, not settings)."""
+    return int(job.run.get("seed", 0))
+
+
 class RunPool:
     """Queue, launch and watch the runs of some targets (see the module docstring)."""
 
@@ -75,7 +80,7 @@ class RunPool:
                 self._add(sweep)
         # Every setting's first seed before any setting's second: a time limit then cuts seeds,
         # not whole settings (stable: the lr sweeps stay ahead among the first seeds).
-        self.queue.sort(key=lambda job: int(job.run.get("seed", 0)))
+        self.queue.sort(key=_seed)
 
     def _add(self, sweep: Sweep, front: bool = False) -> None:
         self._queue(self._new_jobs(sweep), front)
@@ -109,7 +114,7 @@ class RunPool:
                 self.waiting.remove(tuned)
                 released += [job for final in tuned.finals(lr) for job in self._new_jobs(final)]
         # ahead of the queue, lower seeds first (as at the start: a time limit cuts seeds)
-        self._queue(sorted(released, key=lambda job: int(job.run.get("seed", 0))), front=True)
+        self._queue(sorted(released, key=_seed), front=True)
 
     def run(self) -> list[str]:
         """Run everything queued; returns a line per run that did not finish."""
