@@ -9,7 +9,7 @@ from typing import Any
 from scripts.repro.records import Run, paper_numbers, paper_value
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
-from scripts.repro.tables import Table, name
+from scripts.repro.table import Table, name
 
 
 def _bench(layout: Layout, job: str) -> dict[str, Any] | None:

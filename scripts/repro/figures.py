@@ -15,10 +15,10 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from scripts.repro.records import Run, cell, paper_value, select
+from scripts.repro.records import Run, cell, difference, paper_value, select, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
-from scripts.repro.tables import difference, name, verdict
+from scripts.repro.table import name
 
 STYLE = {
     "sgd": ("tab:blue", "o"),

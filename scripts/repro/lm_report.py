@@ -23,10 +23,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from scripts.repro.figures import legend, mean_curve, optimizer_style, panel_grid
-from scripts.repro.records import Cell, Run, cell
+from scripts.repro.records import Cell, Run, cell, difference, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target, Tuned, fmt
-from scripts.repro.tables import Table, difference, name, verdict
+from scripts.repro.table import Table, name
 from scripts.repro.tuning import chosen_lr, chosen_text, swept_rates
 
 METRIC = "test_loss"

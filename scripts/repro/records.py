@@ -153,6 +153,23 @@ class Cell:
         return text + (f" ({', '.join(notes)})" if notes else "")
 
 
+def difference(a: Cell, b: Cell) -> tuple[float, float] | None:
+    """(mean of a − mean of b, its standard error from the seeds' sample variances)."""
+    if a.mean is None or b.mean is None or a.std is None or b.std is None:
+        return None
+    se = (a.std**2 / len(a.values) + b.std**2 / len(b.values)) ** 0.5
+    return a.mean - b.mean, se
+
+
+def verdict(diff: tuple[float, float] | None) -> str:
+    """``+0.42 ± 0.15 (higher)``: a difference beyond two standard errors is called a difference."""
+    if diff is None:
+        return "—"
+    d, se = diff
+    word = "higher" if d > 2 * se else "lower" if d < -2 * se else "no difference"
+    return f"{d:+.2f} ± {se:.2f} ({word})"
+
+
 def cell(runs: list[Run], metric: str = "test_acc") -> Cell:
     """The :class:`Cell` of ``metric`` over ``runs`` (typically the seeds of one setting)."""
     values = tuple(v for r in runs if (v := r.final(metric)) is not None and math.isfinite(v))

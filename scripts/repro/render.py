@@ -18,13 +18,14 @@ from scripts.repro import bench_tables, figures, lm_report, tables
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
+from scripts.repro.table import latex, markdown
 
 TABLES = {
     builder.__name__: builder
     for builder in (tables.table4, tables.table6, tables.table7, tables.table9)
     + (bench_tables.table5, bench_tables.table8, bench_tables.table10)
 }
-"""The builder of each ``table*`` target's :class:`~scripts.repro.tables.Table`."""
+"""The builder of each ``table*`` target's :class:`~scripts.repro.table.Table`."""
 OWN_TITLES = {"lm": "Language model"}
 """Titles of the targets that are not the paper's."""
 
@@ -83,15 +84,15 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
     written: list[Path] = []
     if target.name.startswith("table"):
         table = TABLES[target.name](target, runs, layout)
-        text += "\n" + (tables.markdown(table) if table.rows else "_No records yet._\n")
+        text += "\n" + (markdown(table) if table.rows else "_No records yet._\n")
         findings = table.findings
         caption = f"{target.title} (SCALE={target.scale}): {target.what_ran}."
         tex = out / f"{target.name}.tex"
-        atomic_write_text(tex, tables.latex(table, caption, target.name))
+        atomic_write_text(tex, latex(table, caption, target.name))
         written.append(tex)
     elif target.name == "lm":
         figure, table = lm_report.build(target, runs, layout)
-        text += "\n" + tables.markdown(table)
+        text += "\n" + markdown(table)
         text += f"\n![{title(target.name)}]({target.name}.png)\n"
         written += figures.save(figure, out, target.name)
         findings = table.findings

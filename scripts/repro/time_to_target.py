@@ -20,10 +20,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from scripts.repro.records import Run, cell, paper_value, select
+from scripts.repro.records import Run, cell, difference, paper_value, select, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
-from scripts.repro.tables import difference, name, setting_name, tuned_runs, verdict
+from scripts.repro.table import name
+from scripts.repro.table4_tuned import setting_name, tuned_runs
 from scripts.repro.tuning import chosen_lr
 
 BENCH_LABEL = {"kfac": "kfac@10", "shampoo": "shampoo@10", "foof": "foof@50"}
