@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from eva.layers import Layer
-from eva.rank_one import RankOnePreconditioner, row_dot
+from eva.rank_one import RankOnePreconditioner
+from eva.rank_one_ops import row_dot
 
 
 class Eva(RankOnePreconditioner):

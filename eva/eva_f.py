@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from eva.layers import Layer
 from eva.options import Options
-from eva.rank_one import RankOnePreconditioner, row_dot
+from eva.rank_one import RankOnePreconditioner
+from eva.rank_one_ops import row_dot
 
 
 class EvaF(RankOnePreconditioner):

@@ -18,16 +18,17 @@ So no ``P`` is ever formed or allocated: one read of every gradient for ``G v``,
 norms, and two in-place passes, each a single ``torch._foreach`` call over all layers (the
 generic path allocates, copies and rescales every gradient several times). On the CPU, where
 the factors' values cost no device synchronisation, the two passes are one ``addmm_`` per layer
-and the norms BLAS dot products (:data:`CPU_FORMS`; for the batched form see
+and the norms BLAS dot products (:data:`eva.rank_one_ops.CPU_FORMS`; for the batched form see
 :meth:`RankOnePreconditioner._step_stacked_cpu`, which also keeps subnormal numbers out of the
-gradients, :func:`drop_subnormal_products`). With
+gradients, :func:`~eva.rank_one_ops.drop_subnormal_products`). With
 ``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
 the weight gradient, never concatenated.
 
 Where ``u`` and ``v`` come from per-layer dot products (Eva, Eva-f), those are computed for all
 layers at once: the layers' vectors are kept as rows of zero-padded matrices, and the equation,
-written with :func:`row_dot`, runs once on the matrices (a GPU step is bound by the number of
-kernels it launches, not by this arithmetic).
+written with :func:`~eva.rank_one_ops.row_dot`, runs once on the matrices (a GPU step is bound
+by the number of kernels it launches, not by this arithmetic). The tensor operations themselves
+(``G v``, the norms, the fused write-back, the row stacks) are in :mod:`eva.rank_one_ops`.
 """
 
 from __future__ import annotations
@@ -40,127 +41,17 @@ from torch import Tensor, nn
 
 from eva.layers import Layer
 from eva.preconditioner import Preconditioner
+from eva.rank_one_ops import (
+    RowStack,
+    cpu_forms,
+    drop_subnormal_products,
+    grad_times,
+    row_dot,
+    squared_norms,
+    weight_matrix,
+    write_fused,
+)
 from eva.scaling import graft_factor, kl_clip_factor, kl_norm_factor
-
-
-def weight_matrix(layer: Layer) -> Tensor | None:
-    """``weight.grad`` as a ``(d_out, d_in)`` view, or None when its layout allows no view
-    (e.g. a channels-last convolution)."""
-    grad = layer.weight.grad
-    if grad is None or not grad.is_contiguous():
-        return None
-    return grad.view(grad.shape[0], -1)
-
-
-def grad_times(weight: Tensor, bias: Tensor | None, v: Tensor, out: Tensor | None = None) -> Tensor:
-    """``G v`` for ``G = [weight | bias]`` (or ``weight``) without forming ``G`` (into ``out``
-    when given)."""
-    if bias is None:
-        return torch.mv(weight, v, out=out)
-    return torch.addmv(bias * v[-1], weight, v[:-1], out=out)
-
-
-def row_dot(x: Tensor, y: Tensor) -> Tensor:
-    """``xᵀy`` with a trailing size-1 dimension, for vectors or row by row for stacks of them: the
-    same equation code serves one layer (1-D) and all layers at once (zero-padded rows, see
-    :attr:`RankOnePreconditioner.rank_one_batched`)."""
-    return (x * y).sum(-1, keepdim=True)
-
-
-def drop_subnormal_products(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """``u`` and ``v`` (stacks of rows: one ``u vᵀ`` per row) with the entries zeroed whose every
-    product in ``u vᵀ`` would be subnormal or zero: ``|u_i|·‖v‖_∞`` resp. ``‖u‖_∞·|v_j|`` below
-    the smallest normal number of the dtype.
-
-    Why: on x86 CPUs an operation with a subnormal result takes a microcode assist, tens of
-    times slower, and PyTorch leaves flush-to-zero off. A ReLU unit that stays dead has exactly
-    zero statistics (b̄ of its output, ā of its input), so their running averages shrink by
-    ``1 − ξ`` per step and, for some twenty steps on their way to zero, ``u vᵀ`` (``u`` ∝ b̄,
-    ``v = ā``) writes subnormal numbers into the gradient, which the optimizer's step then reads
-    (the 8-layer autoencoder at batch 1000 does this within its first few dozen steps; the
-    ``make bench-linear`` record is measured with this function in place). Each dropped product
-    is smaller than the smallest normal number, the change flush-to-zero would make.
-    """
-    tiny = torch.finfo(u.dtype).tiny
-    u_abs, v_abs = u.abs(), v.abs()
-    u_max, v_max = u_abs.amax(-1, keepdim=True), v_abs.amax(-1, keepdim=True)
-    return u.masked_fill(u_abs * v_max < tiny, 0), v.masked_fill(v_abs * u_max < tiny, 0)
-
-
-CPU_FORMS = True
-"""On CPU tensors, take the forms that are faster there (BLAS dot products for the norms, one fused
-``addmm_`` pass for the write-back); ``False`` runs the accelerator forms (``torch._foreach``
-kernels, no host values) everywhere. The tests run both and compare."""
-
-
-def _cpu_forms(t: Tensor) -> bool:
-    return CPU_FORMS and t.device.type == "cpu"
-
-
-def squared_norms(tensors: list[Tensor]) -> Tensor:
-    """``‖t‖²`` of every tensor, stacked. One ``_foreach_norm`` kernel on an accelerator; on the
-    CPU one BLAS dot product each, which streams large gradients several times faster (VGG-19's
-    76 MiB of gradients, on the 2-core CPU of the benchmark records)."""
-    if not _cpu_forms(tensors[0]):
-        return torch.stack(torch._foreach_norm(tensors)).square()
-    zero = tensors[0].new_zeros(())  # for empty tensors (no bias): no dot product each
-    return torch.stack(
-        [torch.dot(t.reshape(-1), t.reshape(-1)) if t.numel() else zero for t in tensors]
-    )
-
-
-def _write_fused(
-    weights: list[Tensor],
-    biases: list[Tensor | None],
-    us: list[Tensor],
-    vs: list[Tensor],
-    factors: Tensor | float,
-    scale: float,
-) -> None:
-    """``G ← f s G + (f u) vᵀ`` on the CPU, in one pass over each gradient: ``addmm_`` with the
-    factors as numbers (a CPU tensor's value costs no synchronisation) instead of a ``mul_``
-    pass and an ``addcmul_`` pass."""
-    if isinstance(factors, Tensor):
-        values = factors.tolist()
-        each = values if isinstance(values, list) else [values] * len(weights)
-    else:
-        each = [factors] * len(weights)
-    for w, b, u, v, f in zip(weights, biases, us, vs, each, strict=True):
-        w.addmm_(u.unsqueeze(1), v[: w.shape[1]].unsqueeze(0), beta=f * scale, alpha=f)
-        if b is not None:
-            b.mul_(f * scale).addcmul_(u, v[-1:], value=f)
-
-
-class RowStack:
-    """A zero matrix whose row ``i`` starts with layer ``i``'s vector: per-layer vectors of
-    different lengths as one ``(L, max length)`` tensor. The padding is never written, so it
-    stays zero; the matrix, its row views and the views derived from them (:meth:`heads`,
-    :meth:`entries`) are kept from step to step: each view is one more operator call, and on the
-    CPU such calls, not arithmetic, are most of a step's cost outside the gradient passes."""
-
-    def __init__(self, lengths: list[int], like: Tensor) -> None:
-        self.matrix = like.new_zeros(len(lengths), max(lengths))
-        self.lengths = lengths
-        self.rows = [row[:n] for row, n in zip(self.matrix, lengths, strict=True)]
-        self._views: dict[tuple[str, tuple[int, ...]], list[Tensor]] = {}
-
-    def heads(self, widths: list[int]) -> list[Tensor]:
-        """The first ``widths[i]`` entries of every row ``i`` (``v`` without its bias entry)."""
-        key = ("heads", tuple(widths))
-        views = self._views.get(key)
-        if views is None:
-            views = [row[:n] for row, n in zip(self.matrix, widths, strict=True)]
-            self._views[key] = views
-        return views
-
-    def entries(self, rows: list[int], positions: list[int]) -> list[Tensor]:
-        """Entry ``positions[k]`` of row ``rows[k]``, as length-1 views (``v``'s bias entry)."""
-        key = ("entries", (*rows, *positions))
-        views = self._views.get(key)
-        if views is None:
-            views = [self.matrix[i, p : p + 1] for i, p in zip(rows, positions, strict=True)]
-            self._views[key] = views
-        return views
 
 
 class RankOnePreconditioner(Preconditioner):
@@ -282,7 +173,7 @@ class RankOnePreconditioner(Preconditioner):
             for layer in layers
         ]
         batched = self.rank_one_batched and self._stacked(states, weights)
-        if batched and _cpu_forms(weights[0]):
+        if batched and cpu_forms(weights[0]):
             self._step_stacked_cpu(weights, biases, *batched, scale)
             return
         with_bias = [i for i, b in enumerate(biases) if b is not None]
@@ -323,8 +214,8 @@ class RankOnePreconditioner(Preconditioner):
                     lambda: torch.stack([(u @ u) * (v @ v) for u, v in zip(us, vs, strict=True)]),
                 )
 
-        if _cpu_forms(weights[0]):  # (layer by layer: the batched CPU step returned above)
-            _write_fused(weights, biases, us, vs, factors, scale)
+        if cpu_forms(weights[0]):  # (layer by layer: the batched CPU step returned above)
+            write_fused(weights, biases, us, vs, factors, scale)
             return
         if isinstance(factors, Tensor) and factors.dim() == 1:  # per layer
             each = (factors * scale).unbind()

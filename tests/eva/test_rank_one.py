@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import eva
-from eva import rank_one
+from eva import rank_one_ops
 from eva.rank_one import RankOnePreconditioner
 from tests.helpers import assert_runs_close
 
@@ -74,7 +74,7 @@ CASES = [
 def test_in_place_step_equals_the_generic_path(cls, options, cpu_forms, monkeypatch) -> None:
     """Both forms of the write-back and norms (CPU: fused ``addmm_`` and dot products;
     accelerators: ``torch._foreach`` kernels, run here on the CPU)."""
-    monkeypatch.setattr(rank_one, "CPU_FORMS", cpu_forms)
+    monkeypatch.setattr(rank_one_ops, "CPU_FORMS", cpu_forms)
     calls = _spy_in_place(monkeypatch)
     got = _run(cls, options, generic=False)
     assert len(calls) == 3  # every step went through the in-place path
@@ -215,7 +215,7 @@ def test_non_finite_gradients_stay_non_finite_in_every_form(scaling, monkeypatch
     non-finite and the training loop can see the step diverge."""
 
     def grads(cpu_forms: bool | None) -> list[torch.Tensor]:
-        monkeypatch.setattr(rank_one, "CPU_FORMS", bool(cpu_forms))
+        monkeypatch.setattr(rank_one_ops, "CPU_FORMS", bool(cpu_forms))
         cls = eva.Eva
         if cpu_forms is None:
             cls = type("GenericEva", (eva.Eva,), {"in_place_rank_one": False})
@@ -232,21 +232,3 @@ def test_non_finite_gradients_stay_non_finite_in_every_form(scaling, monkeypatch
     for cpu_forms in (True, False):
         for got, expected in zip(grads(cpu_forms), want, strict=True):
             assert torch.equal(got, expected), (cpu_forms, got, expected)
-
-
-def test_subnormal_products_are_dropped_and_nothing_else() -> None:
-    """``drop_subnormal_products`` zeroes an entry of ``u`` (``v``) only where its products with
-    all of ``v`` (``u``) are below the smallest normal number, so each dropped product is one
-    that flush-to-zero would drop; no subnormal remains in the rows and columns it cleans."""
-    tiny = torch.finfo(torch.float32).tiny
-    u = torch.tensor([[1e-3, 1e-37, 1e-39, 2.0], [1e-30, 1.0, 0.0, 0.0]])
-    v = torch.tensor([[0.5, 1e-36, 1e-40, 0.0], [1e-10, 3.0, 1e-9, 0.0]])
-    fu, fv = rank_one.drop_subnormal_products(u, v)
-    exact = {"rtol": 0, "atol": 0}
-    want_u = torch.tensor([[1e-3, 1e-37, 0.0, 2.0], [1e-30, 1.0, 0.0, 0.0]])
-    torch.testing.assert_close(fu, want_u, **exact)
-    want_v = torch.tensor([[0.5, 1e-36, 0.0, 0.0], [1e-10, 3.0, 1e-9, 0.0]])
-    torch.testing.assert_close(fv, want_v, **exact)
-    for row_u, row_v, kept_u, kept_v in zip(u, v, fu, fv, strict=True):
-        dropped = torch.outer(row_u, row_v) - torch.outer(kept_u, kept_v)
-        assert (dropped.abs() < tiny).all()
