@@ -133,6 +133,11 @@ def vector_batches(n: int, batch: int = 8, d_in: int = 6, classes: int = 3, seed
     ]  # fmt: skip
 
 
+def in_backward() -> bool:
+    """Whether a backward pass is running (reads a torch internal: there is no public API)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as in the paper."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
