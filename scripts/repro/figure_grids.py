@@ -10,6 +10,7 @@ from scripts.repro.grids import (
     FULL_DATA,
     NO_C100,
     PAPER_CIFAR,
+    TABLE4_LONGER,
     Row,
     budget,
     cifar_rows,
@@ -102,11 +103,15 @@ def fig5(scale: str) -> Target:
             scale,
             title,
             f"{FULL_DATA if scale == 'cpu' else 'smoke: synthetic data'}; Table 4's runs (each "
-            "method at its tuned lr, 3 seeds) plus Shampoo at lr 0.1 (Fig. 8's runs, 2 seeds); "
-            "seconds are steps × the method's mean step time measured alone on the CPU "
+            "method at its tuned lr, 3 seeds) plus Shampoo at lr 0.1 (Fig. 8's runs, 2 seeds)"
+            + "".join(
+                f"; below, Table 4's {e}-epoch runs (every seed at the same lrs)"
+                for e in TABLE4_LONGER[scale]
+            )
+            + "; seconds are steps × the method's mean step time measured alone on the CPU "
             "(`steptime-cpu-resnet20` record), since the runs themselves may share a machine",
             (shampoo,),
-            tuned=table4_tuned(scale),
+            tuned=table4_tuned(scale, TABLE4_LONGER[scale]),
             not_run=("ImageNet (panel d) is not available here", CPU_ONLY_MODEL)
             if scale == "cpu"
             else (),
