@@ -34,11 +34,16 @@ def tuned_runs(runs: list[Run], tuned: Tuned, epochs: int | None = None) -> list
     return [r for r in select(runs, **where) if r.overrides.get("trainer.epochs") == budget]
 
 
+def longer_budgets(target: Target) -> list[int]:
+    """The longer epoch budgets of the target's tuned settings (``Tuned.longer``), ascending."""
+    return sorted({e for tuned in target.tuned for e in tuned.longer})
+
+
 def table4_tuned(target: Target, runs: list[Run], layout: Layout) -> Table:
     """Table 4 at a reduced scale: each setting at its own best lr (see ``Tuned``), the sweep
     beside it, and the differences the paper's claim is about."""
     lrs = sorted({lr for tuned in target.tuned for lr in swept_rates(tuned, layout)})
-    longer = sorted({e for tuned in target.tuned for e in tuned.longer})
+    longer = longer_budgets(target)
     header = ["Method", *(f"lr {fmt(lr)} (seed 0)" for lr in lrs), "chosen lr"]
     header += ["test acc. (all seeds)", "− SGD"]
     for epochs in longer:

@@ -29,7 +29,7 @@ from scripts.repro.records import Run, cell, difference, paper_value, select, ve
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
 from scripts.repro.table import name
-from scripts.repro.table4_tuned import setting_name, tuned_runs
+from scripts.repro.table4_tuned import longer_budgets, setting_name, tuned_runs
 from scripts.repro.tuning import chosen_lr
 
 BENCH_LABEL = {"kfac": "kfac@10", "shampoo": "shampoo@10", "foof": "foof@50"}
@@ -78,7 +78,7 @@ def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[
 
     bench_name = str(target.settings.get("steptime", ""))
     times = step_times(layout.bench / f"{bench_name}.json")
-    longer = sorted({e for tuned in target.tuned for e in tuned.longer})
+    longer = longer_budgets(target)
     budgets: list[int | None] = [None, *longer]
     fig, axes = panel_grid(len(budgets), 2, width=5.0, height=3.6)
     findings: list[str] = []
