@@ -9,45 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
+from scripts.repro.plotting import Drawn, legend, mean_curve, optimizer_style, panel_grid, save
 from scripts.repro.records import Run, cell, difference, paper_value, select, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
 from scripts.repro.table import name
-
-STYLE = {
-    "sgd": ("tab:blue", "o"),
-    "adagrad": ("tab:purple", "v"),
-    "adamw": ("tab:pink", "P"),
-    "shampoo": ("tab:green", "s"),
-    "kfac": ("tab:orange", "^"),
-    "foof": ("tab:brown", "D"),
-    "foof_rank1": ("tab:olive", "d"),
-    "mfac": ("tab:gray", "X"),
-    "eva": ("tab:red", "*"),
-    "eva_adamw": ("tab:cyan", "*"),
-    "eva_f": ("tab:red", "*"),
-    "eva_s": ("tab:red", "*"),
-}
-
-
-@dataclass
-class Drawn:
-    """A drawn figure and what it shows in words."""
-
-    figure: Figure
-    findings: list[str]
-
-
-def optimizer_style(key: str) -> dict[str, object]:
-    """Line colour and marker of an optimizer (``kfac@10``: K-FAC's), the same in every figure."""
-    color, marker = STYLE.get(key.split("@")[0], ("black", "."))
-    return {"color": color, "marker": marker, "markersize": 4, "linewidth": 1.4}
 
 
 def _label(run: Run) -> str:
@@ -70,23 +40,6 @@ def _curve(ax: Axes, run: Run, metric: str, label: str | None = None, x: str = "
     ax.plot(xs, values, label=label or _label(run), **optimizer_style(run.optimizer))
 
 
-def legend(ax: Axes, **options: object) -> None:
-    """A legend when the axes have labelled lines (a panel with no finished run has none)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**options)  # type: ignore[arg-type]
-
-
-def panel_grid(
-    rows: int, cols: int, width: float = 3.6, height: float = 2.9
-) -> tuple[Figure, list]:
-    """A figure of ``rows`` × ``cols`` panels of ``width`` × ``height`` inches (axes[row][col])."""
-    fig = Figure(figsize=(width * cols, height * rows))  # no pyplot: no GUI backend, no registry
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.grid(True, alpha=0.3)
-    return fig, [list(r) for r in axes]
-
-
 def _panels(runs: list[Run]) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
     for r in runs:
@@ -99,16 +52,6 @@ def _final(run: Run, metric: str) -> str:
     if value is None:
         return run.status
     return f"{value:.2f}"
-
-
-def mean_curve(runs: list[Run], metric: str) -> tuple[list[int], list[float]]:
-    """The mean over ``runs`` (seeds) of a metric at every epoch all of them reached."""
-    curves = [dict(zip(*r.curve(metric), strict=True)) for r in runs]
-    curves = [c for c in curves if c]
-    if not curves:
-        return [], []
-    epochs = sorted(set.intersection(*(set(c) for c in curves)))
-    return epochs, [sum(c[e] for c in curves) / len(curves) for e in epochs]
 
 
 def _by_label(runs: list[Run]) -> dict[str, list[Run]]:
@@ -397,16 +340,3 @@ def draw(
     else:
         drawn = BUILDERS[target.name](target, runs)
     return save(drawn.figure, out, target.name), drawn.findings
-
-
-def save(figure: Figure, out: Path, stem: str) -> list[Path]:
-    """Write ``out/<stem>.png`` and ``.pdf``; returns the paths. The PDF has no creation date,
-    so re-rendering unchanged records leaves the files unchanged."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix in (".png", ".pdf"):
-        path = out / f"{stem}{suffix}"
-        metadata = {"CreationDate": None} if suffix == ".pdf" else None
-        figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
-        paths.append(path)
-    return paths

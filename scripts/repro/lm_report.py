@@ -22,7 +22,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from scripts.repro.figures import legend, mean_curve, optimizer_style, panel_grid
+from scripts.repro.plotting import legend, mean_curve, optimizer_style, panel_grid
 from scripts.repro.records import Cell, Run, cell, difference, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target, Tuned, fmt

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.records import atomic_write_text
-from scripts.repro import bench_tables, figures, lm_report, tables
+from scripts.repro import bench_tables, figures, lm_report, plotting, tables
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
@@ -94,7 +94,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
         figure, table = lm_report.build(target, runs, layout)
         text += "\n" + markdown(table)
         text += f"\n![{title(target.name)}]({target.name}.png)\n"
-        written += figures.save(figure, out, target.name)
+        written += plotting.save(figure, out, target.name)
         findings = table.findings
     else:
         paths, findings = figures.draw(target, runs, out, layout)

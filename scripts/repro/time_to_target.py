@@ -74,7 +74,7 @@ Reached = dict[str, tuple[float | None, float | None, int]]
 def draw(target: Target, runs: list[Run], layout: Layout) -> tuple[Figure, list[str]]:
     """Two panels per budget (the experiment's own, then each longer one) and the findings
     (time to target per setting, ratios to Eva's)."""
-    from scripts.repro.figures import legend, panel_grid  # drawing helpers
+    from scripts.repro.plotting import legend, panel_grid  # drawing helpers
 
     bench_name = str(target.settings.get("steptime", ""))
     times = step_times(layout.bench / f"{bench_name}.json")
@@ -104,7 +104,7 @@ def _plot_budget(
 ) -> tuple[float | None, Reached]:
     """Draw one budget's settings over epochs (``row[0]``) and over seconds (``row[1]``); the
     target (lowest final mean) and when each setting reached it."""
-    from scripts.repro.figures import mean_curve, optimizer_style
+    from scripts.repro.plotting import mean_curve, optimizer_style
 
     means = [m for v in groups.values() if v and (m := cell(v).mean) is not None]
     goal = min(means) if means else None
