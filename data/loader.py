@@ -37,11 +37,12 @@ Sharding (data parallelism):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from data.epochs import SeededEpochs
 
 __all__ = [
     "BatchTransform",
@@ -136,7 +137,7 @@ def chain(*transforms: BatchTransform | None) -> BatchTransform | None:
     return composed
 
 
-class TensorLoader:
+class TensorLoader(SeededEpochs):
     """Shuffled (or ordered) mini-batches of an in-memory dataset, with batched augmentation.
 
     Args:
@@ -171,6 +172,8 @@ class TensorLoader:
     Raises:
         ValueError: A bad argument (the message names it and the allowed range).
     """
+
+    size_key, size_unit = "num_samples", "samples"
 
     def __init__(
         self,
@@ -229,7 +232,6 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.seed = seed
         self.crop_padding = crop_padding
         self.flip = flip
         self.batch_transform = batch_transform
@@ -239,10 +241,7 @@ class TensorLoader:
         self.dtype = dtype
         self._scale, self._shift = self._affine(mean, std)
 
-        self._generator = torch.Generator().manual_seed(seed)
-        self._epoch_state = self._generator.get_state()
-        self._epoch = 0
-        self._batch = 0
+        self._start_epochs(seed)
 
     # ------------------------------------------------------------------ normalisation
     def _affine(
@@ -273,50 +272,12 @@ class TensorLoader:
         n = len(self.inputs)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    @property
-    def epoch(self) -> int:
-        """Index of the epoch the next batch belongs to."""
-        return self._epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue with the same batches after a restart.
-
-        Returns:
-            ``{"generator": <state at the start of the current epoch>, "epoch": int,
-            "batch": <batches of it already handed out>, "seed": int, "num_samples": int}``.
-        """
-        return {
-            "generator": self._epoch_state.clone(),
-            "epoch": self._epoch,
-            "batch": self._batch,
-            "seed": self.seed,
-            "num_samples": len(self.inputs),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the next iteration continues where that one stopped.
-
-        Raises:
-            ValueError: The state belongs to a dataset of another size, or its batch position
-                is out of range.
-        """
-        if int(state["num_samples"]) != len(self.inputs):
-            raise ValueError(
-                f"state was saved for {state['num_samples']} samples, this loader has "
-                f"{len(self.inputs)}"
-            )
-        batch = int(state["batch"])
-        if not 0 <= batch < max(1, len(self)):
-            raise ValueError(f"state batch must be in [0, {len(self) - 1}], got {batch}")
-        self._epoch_state = state["generator"].clone()
-        self._generator.set_state(self._epoch_state)
-        self._epoch = int(state["epoch"])
-        self._batch = batch
+    def _size(self) -> int:
+        return len(self.inputs)
 
     def _draw_epoch(self) -> dict[str, Tensor]:
         """All random numbers of one epoch, drawn in a fixed order from the generator."""
-        g = self._generator
-        g.set_state(self._epoch_state)
+        g = self._epoch_generator()
         n = len(self.inputs)
         draws: dict[str, Tensor] = {}
         draws["order"] = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -352,16 +313,8 @@ class TensorLoader:
                 flips[local] if flips is not None else None,
                 int(draws["seeds"][b, self.rank]) if "seeds" in draws else None,
             )
-            if b + 1 == num_batches:
-                self._finish_epoch()
-            else:
-                self._batch = b + 1
+            self._handed_out(b)
             yield x, y
-
-    def _finish_epoch(self) -> None:
-        self._epoch += 1
-        self._batch = 0
-        self._epoch_state = self._generator.get_state()
 
     def _make_batch(
         self, index: Tensor, offsets: Tensor | None, flips: Tensor | None, seed: int | None

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from data.epochs import SeededEpochs
+
 __all__ = [
     "SEPARATOR",
     "SKIPPED_FOLDERS",
@@ -111,7 +113,7 @@ def _concatenate(root: Path, paths: list[str], cap: int | None) -> Tensor:
     return torch.frombuffer(bytearray(joined), dtype=torch.uint8)
 
 
-class RandomWindows:
+class RandomWindows(SeededEpochs):
     """Training batches of random byte windows, resumable exactly.
 
     Every epoch draws its ``steps_per_epoch × batch_size`` window offsets at once from a CPU
@@ -136,6 +138,8 @@ class RandomWindows:
         ValueError: A bad size (the message names it).
     """
 
+    size_key, size_unit = "num_bytes", "training bytes"
+
     def __init__(
         self,
         data: Tensor,
@@ -156,69 +160,28 @@ class RandomWindows:
                 f"{context + 1} (raise dataset.max_train_bytes)"
             )
         self.data, self.context, self.batch_size = data, context, batch_size
-        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+        self.steps_per_epoch = steps_per_epoch
         self.rank, self.world_size = rank, world_size
         self._offsets = torch.arange(context + 1)
-        self._generator = torch.Generator().manual_seed(seed)
-        self._epoch_state = self._generator.get_state()
-        self._epoch = 0
-        self._batch = 0
+        self._start_epochs(seed)
 
     def __len__(self) -> int:
         """Batches per epoch (``steps_per_epoch``)."""
         return self.steps_per_epoch
 
-    @property
-    def epoch(self) -> int:
-        """Index of the epoch the next batch belongs to."""
-        return self._epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"generator", "epoch", "batch", "seed", "num_bytes"}``: enough to continue with the
-        same batches (the generator state at the start of the current epoch)."""
-        return {
-            "generator": self._epoch_state.clone(),
-            "epoch": self._epoch,
-            "batch": self._batch,
-            "seed": self.seed,
-            "num_bytes": len(self.data),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
-
-        Raises:
-            ValueError: The state was saved for text of another length, or its batch position
-                is out of range.
-        """
-        if int(state["num_bytes"]) != len(self.data):
-            raise ValueError(
-                f"state was saved for {state['num_bytes']} training bytes, this loader has "
-                f"{len(self.data)}"
-            )
-        batch = int(state["batch"])
-        if not 0 <= batch < self.steps_per_epoch:
-            raise ValueError(f"state batch must be in [0, {self.steps_per_epoch - 1}], got {batch}")
-        self._epoch_state = state["generator"].clone()
-        self._epoch = int(state["epoch"])
-        self._batch = batch
+    def _size(self) -> int:
+        return len(self.data)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The remaining batches of the current epoch."""
-        self._generator.set_state(self._epoch_state)
         high = len(self.data) - self.context  # the last start leaves room for context + 1 bytes
         starts = torch.randint(
-            0, high, (self.steps_per_epoch, self.batch_size), generator=self._generator
+            0, high, (self.steps_per_epoch, self.batch_size), generator=self._epoch_generator()
         )
         for b in range(self._batch, self.steps_per_epoch):
             local = starts[b].tensor_split(self.world_size)[self.rank]
             windows = self.data[local[:, None] + self._offsets].long()
-            if b + 1 == self.steps_per_epoch:
-                self._epoch += 1
-                self._batch = 0
-                self._epoch_state = self._generator.get_state()
-            else:
-                self._batch = b + 1
+            self._handed_out(b)
             yield windows[:, :-1], windows[:, 1:]
 
 
