@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train
+from harness import loop
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError, validate
 from tests.repository import CONF, TINY
@@ -234,20 +235,20 @@ def test_resume_mid_epoch_is_exact(train_run, tiny, tmp_path, case):
 def test_divergence_keeps_checkpoint_of_last_good_epoch(
     train_run, tiny, tmp_path, monkeypatch, optimizer
 ):
-    real_loss = train.Run.loss
+    real_loss = loop.Run.loss
 
     def loss_inf_from_epoch_2(self, output, target):
         value = real_loss(self, output, target)
         return value * math.inf if self.epoch >= 1 else value
 
-    monkeypatch.setattr(train.Run, "loss", loss_inf_from_epoch_2)
+    monkeypatch.setattr(loop.Run, "loss", loss_inf_from_epoch_2)
     run_dir = tmp_path / "adhoc" / "div"
     overrides = [*tiny, f"optimizer={optimizer}", "trainer.epochs=3"]
     if optimizer in ("kfac", "shampoo", "foof", "foof_rank1"):
         overrides.append("optimizer.update_interval=1")  # factorize the inf statistics too
     if optimizer == "mfac":
         overrides.append("optimizer.num_grads=8")
-    with pytest.raises(train.Diverged, match="training loss is"):
+    with pytest.raises(loop.Diverged, match="training loss is"):
         train_run(run_dir, overrides)
     record = record_of(run_dir)
     assert record["status"] == "failed" and record["error"].startswith("Diverged:")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import train
+from harness import loop
 from harness.checkpoint import load_checkpoint
 from harness.distributed import Workers
 
@@ -108,7 +109,7 @@ def test_language_loss_is_mean_over_every_position(compose):
         / 6
     )
     torch.testing.assert_close(run.loss(logits, targets), want)
-    hits = train.hits("language", logits, targets)
+    hits = loop.hits("language", logits, targets)
     per_sequence = (logits.argmax(-1) == targets).double().mean(-1)
     torch.testing.assert_close(hits, per_sequence.sum())
 
