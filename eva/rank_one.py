@@ -19,8 +19,8 @@ norms, and two in-place passes, each a single ``torch._foreach`` call over all l
 generic path allocates, copies and rescales every gradient several times). On the CPU, where
 the factors' values cost no device synchronisation, the two passes are one ``addmm_`` per layer
 and the norms BLAS dot products (:data:`eva.rank_one_ops.CPU_FORMS`; for the batched form see
-:meth:`RankOnePreconditioner._step_stacked_cpu`, which also keeps subnormal numbers out of the
-gradients, :func:`~eva.rank_one_ops.drop_subnormal_products`). With
+:meth:`RankOnePreconditioner._step_stacked_cpu`); both CPU forms keep subnormal numbers out of
+the gradients (:func:`~eva.rank_one_ops.drop_subnormal_products`). With
 ``include_bias``, ``G`` has the bias column (§2.1): the bias gradient is read and updated beside
 the weight gradient, never concatenated.
 

@@ -87,18 +87,20 @@ def write_fused(
     factors: Tensor | float,
     scale: float,
 ) -> None:
-    """``G ← f s G + (f u) vᵀ`` on the CPU, in one pass over each gradient: ``addmm_`` with the
-    factors as numbers (a CPU tensor's value costs no synchronisation) instead of a ``mul_``
-    pass and an ``addcmul_`` pass."""
+    """``G ← f s G + (f u) vᵀ`` on the CPU, layer by layer, in one pass over each gradient:
+    ``addmm_`` with the factors as numbers (a CPU tensor's value costs no synchronisation)
+    instead of a ``mul_`` pass and an ``addcmul_`` pass; products ``f u_i v_j`` that would be
+    subnormal are dropped (:func:`drop_subnormal_products`), as in the batched CPU step."""
     if isinstance(factors, Tensor):
         values = factors.tolist()
         each = values if isinstance(values, list) else [values] * len(weights)
     else:
         each = [factors] * len(weights)
     for w, b, u, v, f in zip(weights, biases, us, vs, each, strict=True):
-        w.addmm_(u.unsqueeze(1), v[: w.shape[1]].unsqueeze(0), beta=f * scale, alpha=f)
+        fu, v = drop_subnormal_products(u * f, v)
+        w.addmm_(fu.unsqueeze(1), v[: w.shape[1]].unsqueeze(0), beta=f * scale)
         if b is not None:
-            b.mul_(f * scale).addcmul_(u, v[-1:], value=f)
+            b.mul_(f * scale).addcmul_(fu, v[-1:])
 
 
 class RowStack:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from eva.rank_one_ops import drop_subnormal_products
+from eva.rank_one_ops import drop_subnormal_products, write_fused
 
 
 def test_subnormal_products_are_dropped_and_nothing_else() -> None:
@@ -24,3 +24,24 @@ def test_subnormal_products_are_dropped_and_nothing_else() -> None:
     for row_u, row_v, kept_u, kept_v in zip(u, v, fu, fv, strict=True):
         dropped = torch.outer(row_u, row_v) - torch.outer(kept_u, kept_v)
         assert (dropped.abs() < tiny).all()
+
+
+def test_layer_by_layer_write_back_keeps_dead_units_free_of_subnormals() -> None:
+    """``write_fused`` (the CPU step of Eva-s, and of layers that cannot be stacked) writes
+    ``G ← f s G + (f u) vᵀ``. A dead output unit has a zero row of ``G`` and a decayed ``u_i``,
+    a dead input a zero column and a decayed ``v_j``; where all their products are subnormal
+    the row and the column stay zero, and everything else matches the dense float64 update."""
+    tiny = torch.finfo(torch.float32).tiny
+    torch.manual_seed(0)
+    w, b, u = torch.randn(4, 3), torch.randn(4), torch.randn(4)
+    v = torch.tensor([0.2, 3e-39, 0.5, 1e-3])  # the last entry multiplies the bias
+    w[2], b[2], u[2] = 0, 0, 1e-38  # dead output: u_2 ‖v‖∞ < tiny
+    w[:, 1] = 0  # dead input: ‖u‖∞ v_1 < tiny
+    f, scale = 0.5, 3.0
+    want = f * scale * torch.cat([w, b[:, None]], 1).double() + f * torch.outer(u, v).double()
+    write_fused([w], [b], [u], [v], torch.tensor(f), scale)
+    got = torch.cat([w, b[:, None]], 1)
+    assert not ((got != 0) & (got.abs() < tiny)).any()
+    assert (got[2] == 0).all() and (got[:, 1] == 0).all()
+    rows, cols = torch.tensor([0, 1, 3]), torch.tensor([0, 2, 3])
+    torch.testing.assert_close(got[rows][:, cols].double(), want[rows][:, cols], rtol=1e-6, atol=0)
