@@ -294,6 +294,8 @@ class Preconditioner:
             )
         ready = [i for i, layer in enumerate(present) if self.ready(self.state[layer.name])]
         if not ready:
+            if present and self.statistics_needed and self.refresh_step and not current:
+                raise RuntimeError(self._no_statistics_message(len(present)))
             return
         layers = [present[i] for i in ready]
         if operands is not None:  # P in place: precondition, scale and write in one pass
@@ -308,6 +310,18 @@ class Preconditioner:
         with profile_range(WRITE_BACK):
             for layer, p in zip(layers, precond, strict=True):
                 self.write_gradient(layer, p)
+
+    def _no_statistics_message(self, layers: int) -> str:
+        """Why a first refresh step found gradients but no statistics: the hooks never ran, and
+        going on would silently leave every gradient as it is."""
+        return (
+            f"{type(self).__name__}.step(): {layers} layers have gradients but no statistics "
+            "were captured for any of them: the statistics hooks did not run in the forward "
+            "pass (the model was in eval mode, the preconditioner was disabled during it, or "
+            "torch.compile reused code compiled before the preconditioner existed: build it "
+            "before the compiled model first runs, or set "
+            "torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling)"
+        )
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

@@ -116,6 +116,26 @@ def test_disabling_between_backward_and_step_discards_statistics(name):
     assert_params_equal(run(True), run(False))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_first_step_without_statistics_says_the_hooks_did_not_run(name):
+    """A model trained in eval mode never runs the statistics hooks: a method that needs them
+    stops at its first step with one line rather than leave every gradient as it is; a method
+    that reads only the gradients preconditions as usual."""
+    cls = eva.PRECONDITIONERS[name]
+    model = make_model()
+    pre = build(cls, model, sgd(model), update_interval=1)
+    model.eval()
+    forward_backward(model, image_batches(1)[0])
+    before = grads(model)
+    if cls.statistics_needed:
+        with pytest.raises(RuntimeError, match="statistics hooks did not run"):
+            pre.step()
+        assert all(torch.equal(g, grads(model)[n]) for n, g in before.items())
+    else:
+        pre.step()
+        assert any(not torch.equal(g, grads(model)[n]) for n, g in before.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
