@@ -1,10 +1,12 @@
 """The shared fixtures of the whole suite (defined here once; helpers that are not fixtures live
-in ``tests/helpers.py``, ``tests/repository.py``, the ``*_reference.py`` modules and a package's
-own helper module such as ``tests/data/files.py``; no test module imports another).
+in ``tests/helpers.py``, ``tests/repository.py``, ``tests/runs.py`` (a run's record and error
+line), the ``*_reference.py`` modules and a package's own helper module such as
+``tests/data/files.py``; no test module imports another).
 
 Tests mirror the source tree: the tests of ``eva/rank_one.py`` are ``tests/eva/test_rank_one.py``,
-of ``train.py`` ``tests/test_train.py``, of ``conf/`` ``tests/test_conf.py``; multi-process and
-CUDA runs that span modules are in ``tests/integration/``.
+of ``train.py`` ``tests/test_train.py`` (bad input: ``tests/test_train_input.py``), of ``conf/``
+``tests/test_conf.py``; multi-process and CUDA runs that span modules are in
+``tests/integration/``.
 
 - ``one_thread``: torch on one thread for the test (restored afterwards); modules of tiny tensors
   opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.

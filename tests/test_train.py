@@ -1,5 +1,5 @@
 """``train.py`` end to end: a few steps for every optimizer config, exact resume, divergence,
-one-line errors for bad input, W&B offline, and what a run record holds.
+W&B offline, and what a run record holds (bad input: ``tests/test_train_input.py``).
 
 Most runs call ``train.train`` in-process (tiny ResNet-20 on 8×8 synthetic images); a few go
 through ``python train.py`` in a subprocess to check exit codes and stderr.
@@ -19,11 +19,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import train
 from harness import loop
 from harness.checkpoint import load_checkpoint
-from harness.config import ConfigError, validate
 from tests.repository import CONF, TINY
+from tests.runs import metrics_of, one_error_line, record_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,23 +36,6 @@ TINY_AE = (
     "dataset.num_classes=null",
     "dataset.input_shape=[64]",
 )
-
-
-def record_of(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "record.json").read_text())
-
-
-def metrics_of(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_error_line(stderr: str) -> str:
-    """The whole stderr must be one line starting with ``error:`` and no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
 
 
 def assert_states_equal(a: Any, b: Any, where: str = "") -> None:
@@ -280,88 +262,6 @@ def test_divergence_exits_1_with_one_line(cli, train_run, tiny, tmp_path):
     assert not list(tmp_path.rglob("wandb"))  # logger.wandb=false: no W&B directory anywhere
 
 
-# ---------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("optimizer.lr=-1", "optimizer.lr"),
-        ("trainer.epochs=0", "trainer.epochs"),
-        ("trainer.batch_size=0", "trainer.batch_size"),
-        ("trainer.amp=fp8", "trainer.amp"),
-        ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s"),
-        ("scale=smoke", "scale=smoke"),  # no experiment: nothing to scale
-    ],
-)
-def test_bad_value_exits_2_with_one_line(cli, tiny, tmp_path, override, key):
-    out = tmp_path / "runs"
-    proc = cli([*tiny, override, "name=bad", f"out_root={out}"], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert key in one_error_line(proc.stderr)
-    assert not (out / "adhoc" / "bad" / "record.json").exists()
-
-
-def test_model_that_cannot_take_the_inputs_exits_2_with_one_line(cli, tiny, tmp_path):
-    """ResNet-20 (3 input channels) on one-channel images: one line naming model and dataset,
-    before any record is written."""
-    out = tmp_path / "runs"
-    shape = [o for o in tiny if not o.startswith("dataset.input_shape=")]
-    proc = cli([*shape, "dataset.input_shape=[1,8,8]", "name=bad", f"out_root={out}"], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    line = one_error_line(proc.stderr)
-    assert "resnet20 does not take the inputs of dataset synthetic (shape (1, 8, 8))" in line
-    assert not (out / "adhoc" / "bad" / "record.json").exists()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "key"),
-    [
-        (["optimizer=eva", "optimizer.damping=0"], "damping"),
-        (["optimizer=sgd", "optimizer.momentum=-1"], "momentum"),
-    ],
-)
-def test_bad_optimizer_hyperparameter_exits_2_with_one_line(cli, tiny, tmp_path, overrides, key):
-    proc = cli([*tiny, *overrides, f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert key in one_error_line(proc.stderr)
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("optimizer.lr=0", "optimizer.lr"),
-        ("trainer.eval_interval=0", "trainer.eval_interval"),
-        ("trainer.checkpoint_interval=-1", "trainer.checkpoint_interval"),
-        ("trainer.log_interval=0", "trainer.log_interval"),
-        ("trainer.max_steps=0", "trainer.max_steps"),
-        ("trainer.epochs=1.5", "trainer.epochs"),
-        ("trainer.epochs=true", "trainer.epochs"),
-        ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"),
-    ],
-)
-def test_validate_names_the_key(compose, override, key):
-    with pytest.raises(ConfigError) as info:
-        validate(compose([override]))
-    assert str(info.value).startswith(key) and "\n" not in str(info.value)
-
-
-def test_unknown_choice_lists_the_choices(cli, tmp_path):
-    proc = cli(["optimizer=nope", f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert "Could not find 'optimizer/nope'" in proc.stderr
-    for choice in OPTIMIZERS:
-        assert f"\t{choice}\n" in proc.stderr, choice
-
-
-def test_missing_data_names_the_path(cli, tmp_path):
-    missing = tmp_path / "nonexistent"
-    args = ["dataset=cifar10", f"dataset.root={missing}", "logger.wandb=false"]
-    proc = cli([*args, "trainer.device=cpu", f"out_root={tmp_path / 'runs'}"], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    line = one_error_line(proc.stderr)
-    assert str(missing) in line and "cifar" in line
-
-
 # ---------------------------------------------------------------------------- W&B
 def test_wandb_offline_writes_offline_run_without_network(cli, tiny, tmp_path):
     pytest.importorskip("wandb")
@@ -394,14 +294,3 @@ def test_wandb_offline_writes_offline_run_without_network(cli, tiny, tmp_path):
     assert not [p for p in tmp_path.rglob("run-*") if p.is_dir()]  # no online run
     assert record_of(run_dir)["status"] == "completed"
     assert elapsed < 60  # no network waits (init_timeout alone is 30 s)
-
-
-def test_usage_examples_in_the_docstring_compose(compose):
-    """Every ``train.py ...`` example in train.py's docstring names configs that exist."""
-    lines = [line for line in train.__doc__.splitlines() if " train.py " in line]
-    examples = [line.split(" train.py ", 1)[1].split("#")[0].split() for line in lines]
-    assert len(examples) >= 3
-    for example in examples:
-        # a sweep's first value stands for the sweep (compose takes one run's overrides)
-        overrides = [arg.split(",")[0] for arg in example if "=" in arg]
-        validate(compose(overrides))

@@ -5,9 +5,7 @@ resume; and the language task's loss, accuracy and bits per byte."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import train
 from harness import loop
 from harness.checkpoint import load_checkpoint
 from harness.distributed import Workers
+from tests.runs import one_error_line, record_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,10 +37,6 @@ TINY_LM = (
 """A run of 3 steps per epoch of 8 windows of 32 bytes: milliseconds per step on one thread."""
 
 CPU = Workers(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def record_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "record.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -133,7 +128,6 @@ def test_context_longer_than_the_model_is_one_error_line(cli, tmp_path):
     args = [*TINY_LM, "dataset.context=64", "trainer.max_steps=1", f"out_root={tmp_path}"]
     proc = cli(args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "model gpt does not take the inputs of dataset pystdlib" in lines[0]
-    assert "exceeds the model's context 32" in lines[0]
+    line = one_error_line(proc.stderr)
+    assert "model gpt does not take the inputs of dataset pystdlib" in line
+    assert "exceeds the model's context 32" in line
