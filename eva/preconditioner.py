@@ -145,6 +145,11 @@ class Preconditioner:
                 "groups=1 and a trainable weight, not matched by skip_layers)"
             )
         self.steps = 0
+        self.scale_factor: Tensor | None = None
+        """The factor the step-size control applied at the last :meth:`step` (ν of Eq. 16 for
+        KL clipping, a 0-dim tensor; KL normalization's; one per layer for grafting), or None
+        where that step scaled nothing. A diagnostic, left on the device: ν < 1 means the clip
+        bound, and the step's size was then set by κ, not by the learning rate."""
         self.state: dict[str, dict[str, Tensor]] = {layer.name: {} for layer in self.layers}
         self.capture = StatisticsCapture(
             model,
@@ -260,6 +265,7 @@ class Preconditioner:
                 output-gradient statistics captured by the hooks are unscaled here.
         """
         with profile_range(STEP):
+            self.scale_factor = None
             if self.enabled:
                 self._step(grad_scale)
             else:
@@ -306,7 +312,7 @@ class Preconditioner:
         with profile_range(PRECONDITION):
             precond = self.precondition_all(layers, grads)
         with profile_range(SCALING):
-            apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
+            self.scale_factor = apply_scaling(self.scaling, precond, grads, self.lr, self.kl_clip)
         with profile_range(WRITE_BACK):
             for layer, p in zip(layers, precond, strict=True):
                 self.write_gradient(layer, p)

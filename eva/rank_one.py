@@ -146,14 +146,19 @@ class RankOnePreconditioner(Preconditioner):
         self, scale: float, g_sq: Tensor, ugv: Tensor, uv_sq: Callable[[], Tensor]
     ) -> Tensor:
         """The scaling's factors (see the module docstring) from ``‖G_l‖²``, ``u_lᵀ G_l v_l`` and
-        (for grafting only, hence a callable) ``‖u_l‖²‖v_l‖²``: one per layer, or one for all."""
+        (for grafting only, hence a callable) ``‖u_l‖²‖v_l‖²``: one per layer, or one for all
+        (kept as :attr:`~eva.preconditioner.Preconditioner.scale_factor`)."""
         if self.scaling == "graft":
             p_sq = (scale**2 * g_sq + 2 * scale * ugv + uv_sq()).clamp(min=0)  # rounded ≥ 0
-            return graft_factor(p_sq.sqrt(), g_sq.sqrt())
-        kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
-        if self.scaling == "kl_clip":
-            return kl_clip_factor(kl, self.lr, self.kl_clip)  # type: ignore[arg-type]
-        return kl_norm_factor(kl)
+            factors = graft_factor(p_sq.sqrt(), g_sq.sqrt())
+        else:
+            kl = scale * g_sq.sum() + ugv.sum()  # Σ_l p_lᵀ g_l
+            if self.scaling == "kl_clip":
+                factors = kl_clip_factor(kl, self.lr, self.kl_clip)  # type: ignore[arg-type]
+            else:
+                factors = kl_norm_factor(kl)
+        self.scale_factor = factors
+        return factors
 
     def step_in_place(self, layers: list[Layer], operands: list[Tensor]) -> None:
         """Precondition, scale and write back every layer of ``layers`` (all ready, with weight

@@ -37,14 +37,19 @@ def kl_norm_factor(kl_size: Tensor) -> Tensor:
     return torch.where(kl > 0, kl.rsqrt(), torch.ones_like(kl))
 
 
-def kl_clip(precond: list[Tensor], grads: list[Tensor], lr: float | Tensor, kappa: float) -> None:
-    """Eq. 16, in place. A zero KL size leaves the step unclipped (ν = 1)."""
-    torch._foreach_mul_(precond, kl_clip_factor(_kl_size(precond, grads), lr, kappa))
+def kl_clip(precond: list[Tensor], grads: list[Tensor], lr: float | Tensor, kappa: float) -> Tensor:
+    """Eq. 16, in place; returns ν. A zero KL size leaves the step unclipped (ν = 1)."""
+    factor = kl_clip_factor(_kl_size(precond, grads), lr, kappa)
+    torch._foreach_mul_(precond, factor)
+    return factor
 
 
-def kl_norm(precond: list[Tensor], grads: list[Tensor]) -> None:
-    """KL normalization (§4.1), in place: ``p_l / sqrt(Σ p_lᵀ g_l)``; a zero KL size leaves p."""
-    torch._foreach_mul_(precond, kl_norm_factor(_kl_size(precond, grads)))
+def kl_norm(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """KL normalization (§4.1), in place: ``p_l / sqrt(Σ p_lᵀ g_l)``; a zero KL size leaves p.
+    Returns the factor."""
+    factor = kl_norm_factor(_kl_size(precond, grads))
+    torch._foreach_mul_(precond, factor)
+    return factor
 
 
 def graft_factor(p_norm: Tensor, g_norm: Tensor) -> Tensor:
@@ -52,12 +57,15 @@ def graft_factor(p_norm: Tensor, g_norm: Tensor) -> Tensor:
     return torch.where(p_norm > 0, g_norm / p_norm, torch.ones_like(p_norm))
 
 
-def graft(precond: list[Tensor], grads: list[Tensor]) -> None:
-    """Grafting to the gradient norm (§4.2), in place: each ``p_l`` times ``‖g_l‖ / ‖p_l‖``."""
+def graft(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """Grafting to the gradient norm (§4.2), in place: each ``p_l`` times ``‖g_l‖ / ‖p_l‖``.
+    Returns the factors, one per layer."""
     p_norms = torch._foreach_norm(precond)
     g_norms = torch._foreach_norm(grads)
-    for p, pn, gn in zip(precond, p_norms, g_norms, strict=True):
-        p.mul_(graft_factor(pn, gn))
+    factors = [graft_factor(pn, gn) for pn, gn in zip(p_norms, g_norms, strict=True)]
+    for p, factor in zip(precond, factors, strict=True):
+        p.mul_(factor)
+    return torch.stack([f.to(factors[0].dtype) for f in factors])  # layers may differ in dtype
 
 
 def apply_scaling(
@@ -66,16 +74,16 @@ def apply_scaling(
     grads: list[Tensor],
     lr: float | Tensor,
     kappa: float | None,
-) -> None:
-    """Apply the named scaling to ``precond`` in place (``grads`` are the raw gradients)."""
+) -> Tensor | None:
+    """Apply the named scaling to ``precond`` in place (``grads`` are the raw gradients);
+    returns its factor (ν of Eq. 16, the KL normalization's, or one per layer for grafting), or
+    None where nothing was scaled."""
     if not precond or scaling is None:
-        return
+        return None
     if scaling == "kl_clip":
-        if kappa is not None:
-            kl_clip(precond, grads, lr, kappa)
-    elif scaling == "kl_norm":
-        kl_norm(precond, grads)
-    elif scaling == "graft":
-        graft(precond, grads)
-    else:  # guarded by validation; kept for type checkers
-        raise ValueError(f"scaling: unknown {scaling!r}; expected one of {SCALINGS}")
+        return None if kappa is None else kl_clip(precond, grads, lr, kappa)
+    if scaling == "kl_norm":
+        return kl_norm(precond, grads)
+    if scaling == "graft":
+        return graft(precond, grads)
+    raise ValueError(f"scaling: unknown {scaling!r}; expected one of {SCALINGS}")  # guarded

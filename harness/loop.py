@@ -1,7 +1,7 @@
 """The training loop of ``train.py``: what one run holds (:class:`Run`), one training epoch
 (:func:`train_epoch`: forward, backward, ``preconditioner.step()``, ``optimizer.step()``, the
 schedule) and one evaluation (:func:`evaluate`), with losses and accuracies averaged over the
-data-parallel workers."""
+data-parallel workers, and how hard KL clipping held the epoch's steps back (:class:`ClipTally`)."""
 
 from __future__ import annotations
 
@@ -95,11 +95,39 @@ def autocast(run: Run) -> torch.autocast:
     return torch.autocast(run.workers.device.type, dtype=dtype, enabled=amp is not None)
 
 
+class ClipTally:
+    """How hard KL clipping (Eq. 16) held an epoch's steps back, for preconditioners that clip:
+    ``kl_clip_nu``, the mean ν over the epoch's preconditioned steps, and ``kl_clip_rate``, the
+    share of them with ν < 1. Where the clip binds, ``α·ν·p = sqrt(κ / Σ pᵀg)·p``: the step's
+    size is set by κ and the learning rate only scales the weight decay. Summed on the device
+    (no synchronisation per step); ν is the same on every worker, so no reduction is needed."""
+
+    def __init__(self, preconditioner: Preconditioner | None, device: torch.device) -> None:
+        clips = preconditioner is not None and preconditioner.scaling == "kl_clip"
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64) if clips else None
+        self.steps = 0
+
+    def add(self, nu: torch.Tensor | None) -> None:
+        """Count one step's ν (None: the step scaled nothing)."""
+        if self.sums is not None and nu is not None:
+            self.sums[0] += nu
+            self.sums[1] += nu < 1
+            self.steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        """The epoch's ``kl_clip_nu`` and ``kl_clip_rate`` (nothing where no step was scaled)."""
+        if self.sums is None or not self.steps:
+            return {}
+        nu, clipped = (float(v) / self.steps for v in self.sums)
+        return {"kl_clip_nu": nu, "kl_clip_rate": clipped}
+
+
 def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
     """One pass over the training data; returns mean loss (and accuracy) over all workers."""
     run.net.train()
     device = run.workers.device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss·n, correct, n
+    clip = ClipTally(run.preconditioner, device)
     log_every = run.cfg.trainer.log_interval
     bar = tqdm(
         total=len(run.data.train),
@@ -129,6 +157,7 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
                 if math.isfinite(value):
                     raise
                 raise Diverged(f"training loss is {value} at step {run.step}") from err
+            clip.add(run.preconditioner.scale_factor)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
@@ -158,7 +187,7 @@ def train_epoch(run: Run, max_steps: int | None) -> dict[str, float]:
         raise Diverged(f"training loss is {metrics['train_loss']} at step {run.step}")
     if run.data.task in ("classify", "language"):
         metrics["train_acc"] = float(totals[1] / totals[2])
-    return metrics
+    return metrics | clip.metrics()
 
 
 @torch.no_grad()

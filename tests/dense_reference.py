@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,17 +165,28 @@ def ema(state: dict, key: object, value: Tensor, xi: float | None) -> Tensor:
     return state[key]
 
 
-def reference_scaling(kind: str | None, p: dict, g: dict, lr: float, kappa: float) -> dict:
-    """Eq. 16, KL normalization and grafting, with Python floats."""
+def reference_factor(
+    kind: str | None, p: dict, g: dict, lr: float, kappa: float
+) -> float | list[float] | None:
+    """The factor of Eq. 16 (ν), of KL normalization, or of grafting (one per layer, in the
+    order of ``p``), with Python floats; None without scaling."""
     kl = sum(float((p[n] * g[n]).sum()) for n in p)
     if kind == "kl_clip":
-        nu = min(1.0, math.sqrt(kappa / (lr**2 * kl)))
-        return {n: nu * p[n] for n in p}
+        return min(1.0, math.sqrt(kappa / (lr**2 * kl)))
     if kind == "kl_norm":
-        return {n: p[n] / math.sqrt(kl) for n in p}
+        return 1 / math.sqrt(kl)
     if kind == "graft":
-        return {n: p[n] * (g[n].norm() / p[n].norm()) for n in p}
-    return p
+        return [float(g[n].norm() / p[n].norm()) for n in p]
+    return None
+
+
+def reference_scaling(kind: str | None, p: dict, g: dict, lr: float, kappa: float) -> dict:
+    """Eq. 16, KL normalization and grafting: ``p`` times :func:`reference_factor`."""
+    factor = reference_factor(kind, p, g, lr, kappa)
+    if factor is None:
+        return p
+    each = factor if isinstance(factor, list) else [factor] * len(p)
+    return {n: f * p[n] for n, f in zip(p, each, strict=True)}
 
 
 def run(
@@ -207,8 +219,15 @@ def run(
         else:
             grads = {n: grad_matrix(getattr(net, n)) for n in LAYERS}
         expected = reference(t, net, grads, ref_state)
-        expected = reference_scaling(ref_scaling, expected, grads, lr, kwargs.get("kl_clip", 0.0))
+        kappa = kwargs.get("kl_clip", 0.0)
+        factor = reference_factor(ref_scaling, expected, grads, lr, kappa)
+        expected = reference_scaling(ref_scaling, expected, grads, lr, kappa)
         pre.step()
+        kept = pre.scale_factor
+        if factor is None:  # the reference does not scale: the step scaled by 1 at most
+            assert kept is None or bool((kept == 1).all()), f"t={t}: factor {kept}"
+        else:
+            assert kept is not None and kept.tolist() == pytest.approx(factor, rel=1e-8), t
         for n in LAYERS:
             layer = getattr(net, n)
             got = layer.weight.grad if weight_only else grad_matrix(layer)

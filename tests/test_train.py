@@ -129,6 +129,33 @@ def test_record_contents(train_run, compose, tiny, tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "nu", "rate"),
+    [
+        (["optimizer=eva", "optimizer.kl_clip=1e-12"], (0, 1), 1.0),  # binds at every step
+        (["optimizer=eva", "optimizer.kl_clip=1e12"], (1, 1), 0.0),  # never binds
+        (["optimizer=kfac", "optimizer.kl_clip=1e-12"], (0, 1), 1.0),
+        (["optimizer=eva", "optimizer.kl_clip=null"], None, None),  # no clipping: not logged
+        (["optimizer=eva_f"], None, None),  # KL normalization, not clipping
+        (["optimizer=sgd"], None, None),
+    ],
+)
+def test_epochs_log_how_hard_kl_clipping_held_steps_back(
+    train_run, tiny, tmp_path, overrides, nu, rate
+):
+    """``kl_clip_nu`` (mean ν of Eq. 16) and ``kl_clip_rate`` (share of steps with ν < 1) per
+    epoch, for runs that clip; absent otherwise."""
+    run_dir = tmp_path / "adhoc" / "clip"
+    train_run(run_dir, [*tiny, *overrides, "trainer.epochs=2"])
+    for row in metrics_of(run_dir):
+        if nu is None:
+            assert "kl_clip_nu" not in row and "kl_clip_rate" not in row
+            continue
+        low, high = nu
+        assert low < row["kl_clip_nu"] <= high if low < high else row["kl_clip_nu"] == high
+        assert row["kl_clip_rate"] == rate
+
+
 def test_resume_without_checkpoint_starts_from_scratch(train_run, tiny, tmp_path, capsys):
     run_dir = tmp_path / "adhoc" / "fresh"
     train_run(run_dir, [*tiny, "optimizer=sgd", "trainer.max_steps=1", "resume=true"])

@@ -73,6 +73,8 @@ def test_disabling_mid_run_stops_all_effects(name):
         raw = grads(model)
         pre.step()
         changed |= any(not torch.equal(raw[n], p.grad) for n, p in model.named_parameters())
+        scaled = pre.scaling is not None and not (pre.scaling == "kl_clip" and pre.kl_clip is None)
+        assert (pre.scale_factor is not None) == scaled  # the step's scaling factor is kept
         optimizer.step()
     assert changed, "the preconditioner had no effect while enabled"
 
@@ -89,6 +91,7 @@ def test_disabling_mid_run_stops_all_effects(name):
         pre.step()
         for n, p in model.named_parameters():
             assert torch.equal(raw[n], p.grad), n
+        assert pre.scale_factor is None  # nothing scaled
         optimizer.step()
     train_steps(reference, ref_optimizer, None, batches[3:])
     assert_params_equal(model, reference)

@@ -50,7 +50,8 @@ def _run(cls: type, options: dict, generic: bool, channels_last: bool = False) -
         F.cross_entropy(logits, y).backward()
         assert (head.weight.grad is None) == (step == 1)
         pre.step()
-        out.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
+        grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+        out.append([*grads, pre.scale_factor])  # the scaling's factor too
         optimizer.step()
     return out
 
@@ -123,7 +124,8 @@ def test_the_rank_one_family_steps_in_place_others_and_opted_out_subclasses_do_n
     assert not calls
     full = _run(eva.Eva, {"scaling": None}, generic=False)
     assert len(calls) == 3
-    for got, want in zip(halved[0], full[0], strict=True):  # step 1: the same state, P/2
+    assert halved[0][-1] is full[0][-1] is None  # scaling=None: no factor
+    for got, want in zip(halved[0][:-1], full[0][:-1], strict=True):  # step 1: same state, P/2
         torch.testing.assert_close(got, want / 2, rtol=1e-12, atol=1e-15)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from tests.integration.launch import ARGS, clean_env, torchrun_command
 from tests.repository import ROOT
+from tests.runs import metrics_of
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -43,6 +44,11 @@ def test_torchrun_two_workers_equal_one_process(optimizer: str, tmp_path: Path) 
     # rank 0 alone writes the record; its metrics are averaged over both workers
     records = list((tmp_path / "multi").rglob("record.json"))
     assert len(records) == 1
+    # KL clipping's ν is computed from all-reduced statistics: one worker's equals one process's
+    rows = {name: metrics_of(tmp_path / name / "adhoc" / "run") for name in ("multi", "single")}
+    assert [r["kl_clip_nu"] for r in rows["multi"]] == pytest.approx(
+        [r["kl_clip_nu"] for r in rows["single"]], rel=1e-4
+    )
 
 
 def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
