@@ -26,7 +26,12 @@ def _kl_size(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
 
 
 def kl_clip_factor(kl_size: Tensor, lr: float | Tensor, kappa: float) -> Tensor:
-    """ν of Eq. 16 from ``Σ_l p_lᵀ g_l``: ``min(1, sqrt(κ / (α² |Σ pᵀg|)))``; 1 for a zero size."""
+    """ν of Eq. 16 from ``Σ_l p_lᵀ g_l``: ``min(1, sqrt(κ / (α² |Σ pᵀg|)))``; 1 for a zero size.
+
+    Where the clip binds (ν < 1) the step ``α ν p = sqrt(κ / Σ pᵀg) · p`` does not depend on α:
+    the learning rate then only scales the base optimizer's weight decay. For ``p = G/γ`` (Eva
+    where b̄ = 0, see :class:`eva.Eva`) that step is ``sqrt(κ/γ) · G/‖G‖`` (‖G‖ over all layers), a
+    normalized gradient of fixed length."""
     kl = kl_size.abs() * lr**2
     return torch.where(kl > 0, torch.sqrt(kappa / kl), torch.ones_like(kl)).clamp(max=1.0)
 

@@ -67,3 +67,28 @@ def test_eva_reads_current_lr() -> None:
         pre.step()
         results.append(grad_matrix(net.fc2))
     torch.testing.assert_close(results[1], 2 * results[0])
+
+
+def test_where_the_clip_binds_the_trajectory_does_not_depend_on_the_lr() -> None:
+    """With ν < 1 at every step, ``α ν p = sqrt(κ / Σ pᵀg) p``: SGD with momentum (no weight
+    decay) takes the same steps at lr 0.1 and 0.4; with a clip that never binds it does not."""
+
+    def weights(lr: float, kappa: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = RecordingNet()
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        pre = Eva(net, opt, kl_clip=kappa)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(6, 3, 9, 8, generator=gen, dtype=torch.float64)
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            pre.step()
+            assert (float(pre.scale_factor) < 1) == (kappa < 1)
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for a, b in zip(weights(0.1, 1e-9), weights(0.4, 1e-9), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    unclipped = zip(weights(0.1, 1e9), weights(0.4, 1e9), strict=True)
+    assert not all(torch.allclose(a, b) for a, b in unclipped)
