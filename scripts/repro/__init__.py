@@ -22,4 +22,7 @@ How a target flows through the package (``table4`` at ``--scale cpu`` as the exa
 A new target is a builder in a grid module (step 1), registered in :mod:`.targets`, and a
 renderer for its records (step 4), registered in ``TABLES`` of :mod:`.render` or ``BUILDERS`` of
 :mod:`.figures`; the runner and the record reader need no change.
+
+Outside the targets: :mod:`.kl_clip_report` reports, for any runs you name, how often KL clipping
+bound each epoch (``python -m scripts.repro.kl_clip_report <run folders> --out <stem>``).
 """
