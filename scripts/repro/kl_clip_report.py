@@ -36,15 +36,18 @@ def load(run_dir: Path) -> dict[str, Any]:
 
 
 def label(run: dict[str, Any]) -> str:
-    """``eva, lr 0.2, κ 0.001, seed 0`` from the run's resolved config."""
+    """``eva, lr 0.2, κ 0.001, seed 0`` from the run's resolved config (``eva (stat_batch 16),
+    …`` for statistics from the first samples of each batch)."""
     opt = run["config"]["optimizer"]
-    return f"{opt['name']}, lr {opt['lr']:g}, κ {opt['kl_clip']:g}, seed {run['config']['seed']}"
+    name = opt["name"] + (f" (stat_batch {opt['stat_batch']})" if opt.get("stat_batch") else "")
+    return f"{name}, lr {opt['lr']:g}, κ {opt['kl_clip']:g}, seed {run['config']['seed']}"
 
 
-def order(run: dict[str, Any]) -> tuple[str, float, float, int]:
-    """Sort key: optimizer, lr, κ, seed."""
+def order(run: dict[str, Any]) -> tuple[str, int, float, float, int]:
+    """Sort key: optimizer, statistics batch (0: whole batch), lr, κ, seed."""
     opt = run["config"]["optimizer"]
-    return opt["name"], opt["lr"], opt["kl_clip"], run["config"]["seed"]
+    stat_batch = opt.get("stat_batch") or 0
+    return opt["name"], stat_batch, opt["lr"], opt["kl_clip"], run["config"]["seed"]
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:

@@ -11,17 +11,22 @@ def test_report_shows_each_epochs_nu_and_which_runs_were_always_clipped(
     train_run, tiny, tmp_path, capsys
 ):
     runs = {}
-    for name, kappa in (("bound", "1e-12"), ("free", "1e12")):
+    for name, kappa, extra in (
+        ("bound", "1e-12", []),
+        ("free", "1e12", ["optimizer.stat_batch=4"]),
+    ):
         runs[name] = tmp_path / "adhoc" / name
-        overrides = ["optimizer=eva", f"optimizer.kl_clip={kappa}", "trainer.epochs=2"]
+        overrides = ["optimizer=eva", f"optimizer.kl_clip={kappa}", "trainer.epochs=2", *extra]
         train_run(runs[name], [*tiny, *overrides])
     out = tmp_path / "report" / "kl_clip"
     assert kl_clip_report.main([str(runs["free"]), str(runs["bound"]), "--out", str(out)]) == 0
     text = out.with_suffix(".md").read_text()
-    summary = [line for line in text.splitlines() if line.startswith("| eva, ")]
-    # sorted by κ; epochs clipped on every step: all of the bound run's, none of the free run's
+    summary = [line for line in text.splitlines() if line.startswith("| eva")]
+    # whole-batch statistics first; epochs clipped on every step: all of the bound run's, none
+    # of the free run's
     assert [line.split(" | ")[3] for line in summary] == ["2", "0"]
-    assert "κ 1e-12" in summary[0] and "κ 1e+12" in summary[1]
+    assert summary[0].startswith("| eva, lr ") and "κ 1e-12, seed 0 |" in summary[0]
+    assert summary[1].startswith("| eva (stat_batch 4), lr ") and "κ 1e+12" in summary[1]
     for name, run_dir in runs.items():
         for row in metrics_of(run_dir):
             rate = "100.0 %" if name == "bound" else "0.0 %"
