@@ -11,11 +11,11 @@ Where the clip binds (ν < 1), the update is ``sqrt(κ / Σ pᵀg)·p`` whatever
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from harness.records import RunRecord
 from scripts.repro.plotting import legend, panel_grid, save
 
 
@@ -25,14 +25,13 @@ def load(run_dir: Path) -> dict[str, Any]:
     Raises:
         ValueError: the folder is not a run with KL-clip metrics (the message says why).
     """
-    record_path, metrics_path = run_dir / "record.json", run_dir / "metrics.jsonl"
-    if not record_path.is_file() or not metrics_path.is_file():
+    record = RunRecord(run_dir)
+    if not record.data or not record.metrics_path.is_file():
         raise ValueError(f"{run_dir} is not a run folder (no record.json and metrics.jsonl)")
-    record = json.loads(record_path.read_text())
-    epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    epochs = record.metrics()
     if not any("kl_clip_nu" in row for row in epochs):
         raise ValueError(f"{run_dir} logged no kl_clip_nu (not a KL-clipped run)")
-    return record | {"epochs": epochs, "dir": run_dir}
+    return record.data | {"epochs": epochs, "dir": run_dir}
 
 
 def label(run: dict[str, Any]) -> str:
@@ -71,12 +70,12 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             f"| {100 * last['test_acc']:.2f} |"
         )
     for run in runs:
-        final = run["epochs"][-1]
+        last = run["epochs"][-1]
         lines += ["", f"## {label(run)}", ""]
         lines.append(f"Command: `{run['command']}`  ")
         lines.append(
             f"Status: {run['status']}; record: `{run['dir']}`; test accuracy "
-            f"{100 * final['test_acc']:.2f} % after epoch {final['epoch']}"
+            f"{100 * last['test_acc']:.2f} % after epoch {last['epoch']}"
         )
         lines += ["", "| epoch | lr | ν | clipped | test acc. |", "|---:|---:|---:|---:|---:|"]
         for row in run["epochs"]:
