@@ -17,6 +17,10 @@ of ``train.py`` ``tests/test_train.py`` (bad input: ``tests/test_train_input.py`
   one-line errors and multirun.
 - ``tiny``: overrides for a run of a few milliseconds per step (ResNet-20 on 8×8 synthetic
   images, 4 steps per epoch, CPU, no W&B, no progress bar).
+
+Tests marked ``long`` (half a minute or more on 2 cores) are collected first: pytest-xdist hands out
+tests in collection order, so its two workers start on the long ones side by side instead of
+one worker finishing the suite alone on a long test collected late.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from tests.repository import CONF as CONF_DIR
 from tests.repository import ROOT, TINY
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: long first
 
 
 @pytest.fixture

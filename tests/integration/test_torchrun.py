@@ -61,6 +61,7 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("record.json"))
 
 
+@pytest.mark.long
 def test_resumed_distributed_run_equals_uninterrupted(tmp_path: Path) -> None:
     """Two workers stopped mid-epoch 2 and resumed end with the uninterrupted run's weights."""
     common = [*ARGS, "optimizer=kfac", "optimizer.update_interval=3", "optimizer.lr=0.05"]

@@ -1,18 +1,14 @@
-"""``python -m scripts.reproduce``: one-line errors, and SCALE=smoke end to end for every target.
-
-The ``lm`` target trains once per module (:func:`smoke_lm`, two runs at a time): its test checks
-those runs, and the every-target run starts from a copy of them (it re-renders ``lm`` and trains
-every paper target), so that ``lm``'s 21 runs are not trained twice."""
+"""``python -m scripts.reproduce``: one-line errors, and SCALE=smoke end to end for every target
+(the paper's in three groups, :data:`GROUPS`; ``lm`` on its own, two runs at a time)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,35 +42,41 @@ def reproduce(*args: str, results: Path) -> list[str]:
     return command + ["--results", str(results), "-o", "logger.wandb=false"]
 
 
-@pytest.fixture(scope="module")
-def smoke_lm(tmp_path_factory) -> tuple[Path, list[str], subprocess.CompletedProcess[str]]:
-    """``lm`` at SCALE=smoke with two runs at a time, once per module: (results folder, the
-    command, its first call)."""
-    results = tmp_path_factory.mktemp("smoke-lm")
-    command = reproduce("lm", "--scale", "smoke", "--jobs", "2", results=results)
-    start = time.monotonic()
-    first = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    print(f"smoke lm: {time.monotonic() - start:.0f} s")
-    return results, command, first
+GROUPS = {
+    "table4": ("table4", "table9", "fig3", "fig5", "fig8"),
+    "ablations": ("table6", "table7", "fig7"),
+    "rest": ("fig4", "fig6", "table5", "table8", "table10"),
+}
+"""The paper's targets in three groups that share no run (a target's renders read runs of its own
+group only), each trained in its own test so that pytest's two workers share them; ``lm`` is
+:func:`test_lm_smoke_scale_runs_and_renders_end_to_end`'s."""
 
 
-def test_smoke_scale_runs_and_renders_every_target(tmp_path, smoke_lm):
-    """SCALE=smoke: every target trains (or benchmarks) and renders; a rerun only re-renders.
-    ``lm``'s runs and benchmark record are :func:`smoke_lm`'s (copied in: trained and checked
-    by the lm test), so ``all`` trains the paper targets and renders every one, ``lm`` too."""
-    lm_results, _, lm_first = smoke_lm
-    assert lm_first.returncode == 0, lm_first.stdout[-3000:] + lm_first.stderr[-3000:]
-    lm_layout, layout = Layout(lm_results, "smoke"), Layout(tmp_path, "smoke")
-    group = target("lm", "smoke").tuned[0].sweep().group
-    shutil.copytree(lm_layout.runs / group, layout.runs / group)
-    layout.bench.mkdir(parents=True)
-    for job in target("lm", "smoke").bench:
-        shutil.copy2(lm_layout.bench / f"{job.name}.json", layout.bench)
-    command = reproduce("all", "--scale", "smoke", results=tmp_path)
+def smoke_run_dirs(name: str) -> set[Path]:
+    """The run directories of a target's sweeps and learning-rate sweeps at SCALE=smoke."""
+    tgt, layout = target(name, "smoke"), Layout(Path("results"), "smoke")
+    sweeps = [*tgt.sweeps, *(t.sweep() for t in tgt.tuned)]
+    return {layout.run_dir(sweep, run) for sweep in sweeps for run in sweep.runs()}
+
+
+def test_groups_cover_every_target_and_share_no_run():
+    names = [name for group in GROUPS.values() for name in group]
+    assert sorted(names) == sorted(set(TARGETS) - {"lm"})
+    runs = {key: set().union(*map(smoke_run_dirs, group)) for key, group in GROUPS.items()}
+    for a, b in itertools.combinations(runs, 2):
+        assert not runs[a] & runs[b], (a, b)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("group", GROUPS)
+def test_smoke_scale_runs_and_renders_every_target(tmp_path, group):
+    """SCALE=smoke: every target of the group trains (or benchmarks) and renders; a rerun only
+    re-renders."""
+    layout = Layout(tmp_path, "smoke")
+    command = reproduce(*GROUPS[group], "--scale", "smoke", results=tmp_path)
     first = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "experiment=lm " not in first.stdout  # lm: nothing left to run
-    for name in TARGETS:
+    for name in GROUPS[group]:
         tgt = target(name, "smoke")
         assert not pending(tgt, layout), name
         assert (layout.renders / f"{name}.md").exists()
@@ -86,10 +88,13 @@ def test_smoke_scale_runs_and_renders_every_target(tmp_path, smoke_lm):
     assert again.returncode == 0 and "$ python" not in again.stdout
 
 
-def test_lm_smoke_scale_runs_and_renders_end_to_end(smoke_lm):
+@pytest.mark.long
+def test_lm_smoke_scale_runs_and_renders_end_to_end(tmp_path):
     """SCALE=smoke, two runs at a time: every setting's sweep, its second seed, the step-time
     benchmark and the render; a rerun only re-renders."""
-    results, command, first = smoke_lm
+    results = tmp_path
+    command = reproduce("lm", "--scale", "smoke", "--jobs", "2", results=results)
+    first = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     layout = Layout(results, "smoke")
     assert not pending(target("lm", "smoke"), layout)

@@ -127,6 +127,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.long
 def test_experiment_settings_against_their_base_optimizer_with_peak_memory(tmp_path: Path) -> None:
     """Each setting's ratios are to the first first-order setting with its base optimizer (Eva
     on AdamW to AdamW, Eva on SGD to SGD), and ``--peak-memory rss`` measures every setting

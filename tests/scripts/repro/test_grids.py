@@ -19,6 +19,7 @@ from tests.repository import ROOT
 from tests.scripts.repro.fabricate import LABELS
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("scale", SCALES)
 def test_every_run_composes_into_its_group(scale, compose):
     """Each grid run is a valid train.py config at its scale; its folder is <its config's

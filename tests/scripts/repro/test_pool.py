@@ -8,6 +8,8 @@ import sys
 import time
 from dataclasses import replace
 
+import pytest
+
 from harness.records import RunRecord, finished_run
 from scripts.repro import pool as repro_pool
 from scripts.repro.run import Layout
@@ -127,6 +129,7 @@ def test_sigterm_stops_the_runs_too(tmp_path):
     assert left.returncode == 1, left.stdout  # no run outlived the pool
 
 
+@pytest.mark.long
 def test_jobs_run_side_by_side_end_to_end(tmp_path):
     """The command line: Fig. 3 at SCALE=smoke with two runs at a time; records, per-run logs,
     the rendered figure; a second call has nothing left to run."""
