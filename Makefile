@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-linear lint clean distclean reproduce $(PAPER_TARGETS) lm
+.PHONY: setup demo test bench bench-linear lint clean distclean reproduce $(PAPER_TARGETS) lm kl_sweep
 
 ## table4 ... fig8: run what the paper's table/figure needs (missing runs only), then render it
 ## into results/$(SCALE)/. SCALE=paper | cpu | smoke (default: paper where nvidia-smi sees a GPU,
@@ -19,6 +19,8 @@ PAPER_TARGETS := table4 table5 table6 table7 table8 table9 table10 fig3 fig4 fig
 ## each at its best lr from a seed-0 sweep, 2 seeds, and a step-time benchmark; renders
 ## results/lm/ (SCALE=cpu; 28 runs of ~2 min on 2 idle cores, ~1 h; SCALE=paper: results/lm/paper/,
 ## SCALE=smoke: results/smoke/). Same SCALE, FORCE and ARGS as the paper targets.
+## kl_sweep: K-FAC and Eva across the KL-clip bound κ (and without the clip), 3 seeds, beside
+## SGD, on Table 4's runs (the default κ's are Table 4's and 9's); renders results/$(SCALE)/.
 SCALE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo paper || echo cpu)
 FORCE ?=
 
@@ -57,7 +59,7 @@ bench-linear: $(STAMP)
 	  --setting optimizer=eva,optimizer.weight_decay=0.0005 --peak-memory rss --steps 30 \
 	  --out results/bench --name 'steptime-{device}-gpt'
 
-$(PAPER_TARGETS) lm: $(STAMP)
+$(PAPER_TARGETS) lm kl_sweep: $(STAMP)
 	$(PY) -m scripts.reproduce $@ --scale $(SCALE) $(if $(FORCE),--force) $(ARGS)
 
 ## reproduce: every table and figure at $(SCALE)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the SCALE=cpu reproduction grid (Tables 4/9, Figs. 3/5/8) side by side on one big GPU:
+# Run the SCALE=cpu reproduction grid (Tables 4/9, Figs. 3/5/8, kl_sweep) side by side on one GPU:
 #   bash scripts/gpu_grid.sh OUT_DIR SECONDS [JOBS [REPRODUCE_ARGS...]]
 # (e.g. --only '*optimizer=kfac,seed=1' to run just some of the grid's runs)
 # for a CUDA machine whose python3 has torch (and hydra/omegaconf, or a folder of them in
@@ -18,7 +18,7 @@ t0=$(date +%s)
 py=${PYTHON:-python3}
 export PYTHONPATH=.${EVA_SITE:+:$EVA_SITE} PYTHONUNBUFFERED=1 WANDB_MODE=offline
 export EVA_DATA=${EVA_DATA:-/tmp/eva-data} OMP_NUM_THREADS=1
-targets="table4 fig5 fig8 fig3 table9"
+targets="table4 fig5 fig8 fig3 table9 kl_sweep"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv

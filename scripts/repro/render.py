@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.records import atomic_write_text
-from scripts.repro import bench_tables, figures, lm_report, plotting, tables
+from scripts.repro import bench_tables, figures, kl_table, lm_report, plotting, tables
 from scripts.repro.records import Run, load_runs
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
@@ -23,10 +23,11 @@ from scripts.repro.table import latex, markdown
 TABLES = {
     builder.__name__: builder
     for builder in (tables.table4, tables.table6, tables.table7, tables.table9)
-    + (bench_tables.table5, bench_tables.table8, bench_tables.table10)
+    + (bench_tables.table5, bench_tables.table8, bench_tables.table10, kl_table.kl_sweep)
 }
-"""The builder of each ``table*`` target's :class:`~scripts.repro.table.Table`."""
-OWN_TITLES = {"lm": "Language model"}
+"""The builder of each table target's :class:`~scripts.repro.table.Table` (``table*`` and
+``kl_sweep``)."""
+OWN_TITLES = {"lm": "Language model", "kl_sweep": "KL clip sweep"}
 """Titles of the targets that are not the paper's."""
 
 
@@ -82,7 +83,7 @@ def render(target: Target, layout: Layout, notes: list[str] | None = None) -> li
     out.mkdir(parents=True, exist_ok=True)
     text = header(target, runs, layout, notes)
     written: list[Path] = []
-    if target.name.startswith("table"):
+    if target.name in TABLES:
         table = TABLES[target.name](target, runs, layout)
         text += "\n" + (markdown(table) if table.rows else "_No records yet._\n")
         findings = table.findings

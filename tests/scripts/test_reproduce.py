@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.repro.render import TABLES
 from scripts.repro.run import Layout, pending
 from scripts.repro.targets import TARGETS, target
 from scripts.repro.tuning import swept_rates
@@ -43,7 +44,7 @@ def reproduce(*args: str, results: Path) -> list[str]:
 
 
 GROUPS = {
-    "table4": ("table4", "table9", "fig3", "fig5", "fig8"),
+    "table4": ("table4", "table9", "fig3", "fig5", "fig8", "kl_sweep"),
     "ablations": ("table6", "table7", "fig7"),
     "rest": ("fig4", "fig6", "table5", "table8", "table10"),
 }
@@ -80,9 +81,7 @@ def test_smoke_scale_runs_and_renders_every_target(tmp_path, group):
         tgt = target(name, "smoke")
         assert not pending(tgt, layout), name
         assert (layout.renders / f"{name}.md").exists()
-        assert (
-            layout.renders / (f"{name}.tex" if name.startswith("table") else f"{name}.png")
-        ).exists()
+        assert (layout.renders / (f"{name}.tex" if name in TABLES else f"{name}.png")).exists()
         assert "not run" not in (layout.renders / f"{name}.md").read_text().split("**What ran")[0]
     again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ python" not in again.stdout
