@@ -34,6 +34,22 @@ def test_unknown_target_or_scale_is_one_line():
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
 
 
+def test_all_names_every_target(tmp_path):
+    """``all`` is every target: a dry run prints the first sweeps of each, the paper's and ours."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.reproduce", "all", "--scale", "smoke", "--dry-run"]
+        + ["--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    for group in ("experiment=cifar ", "experiment=autoencoder ", "experiment=lm ", "kl_clip="):
+        assert group in proc.stdout, group
+    assert "--name steptime-smoke\n" in proc.stdout and "--name steptime-smoke-lm\n" in proc.stdout
+
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
