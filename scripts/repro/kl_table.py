@@ -4,7 +4,8 @@ seeds, its difference to SGD, and how many epochs the clip bound on every step.
 Rows come from the runs' overrides (``optimizer``, ``optimizer.kl_clip``; none for the default
 κ), so a row exists before its runs do. "Epochs clipped on every step" counts the epochs whose
 ``kl_clip_rate`` (train.py's per-epoch share of steps with ν < 1) is 1, averaged over the
-finished seeds: where it is most epochs, κ is what set the step size.
+finished seeds (— for no clip and for records from before train.py logged it): where it is most
+epochs, κ is what set the step size.
 """
 
 from __future__ import annotations
