@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m scripts.demo
 
-## test: lint, then the test suite (two pytest workers: about 8 min on 2 cores; the 15
+## test: lint, then the test suite (two pytest workers: 7-14 min on 2 cores, by host; the 15
 ## slowest tests are listed at the end, to keep the suite's time in view)
 test: $(STAMP)
 	$(PY) -m ruff check .
