@@ -34,6 +34,11 @@ def load(run_dir: Path) -> dict[str, Any]:
     return record.data | {"epochs": epochs, "dir": run_dir}
 
 
+def clipped_on_every_step(epochs: list[dict[str, Any]]) -> int:
+    """How many of a run's epochs (``metrics.jsonl`` rows) clipped every step (rate 1)."""
+    return sum(row.get("kl_clip_rate") == 1.0 for row in epochs)
+
+
 def label(run: dict[str, Any]) -> str:
     """``eva, lr 0.2, κ 0.001, seed 0`` from the run's resolved config (``eva (stat_batch 16),
     …`` for statistics from the first samples of each batch)."""
@@ -64,7 +69,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     ]
     for run in runs:
         last = run["epochs"][-1]
-        always = sum(row["kl_clip_rate"] == 1.0 for row in run["epochs"])
+        always = clipped_on_every_step(run["epochs"])
         lines.append(
             f"| {label(run)} | {run['status']} | {last['epoch']} | {always} "
             f"| {100 * last['test_acc']:.2f} |"

@@ -39,8 +39,11 @@ METHODS = ("kfac", "eva")
 def kl_sweep(scale: str) -> Target:
     if scale == "paper":
         exp, at = "cifar", "paper"
-        fixed: dict[str, Value] = {"model": "resnet110", "dataset": "cifar10"}
-        fixed["trainer.epochs"] = 100
+        fixed: dict[str, Value] = {
+            "model": "resnet110",
+            "dataset": "cifar10",
+            "trainer.epochs": 100,
+        }
         sgd = (Sweep(exp, {"optimizer": ("sgd",), "seed": seeds(scale)}, fixed, at),)
         tuned = ()
         what = f"ResNet-110 on CIFAR-10, {PAPER_CIFAR}, 100 epochs; every row at lr 0.4"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import statistics
 
+from scripts.repro.kl_clip_report import clipped_on_every_step
 from scripts.repro.kl_grid import DEFAULT_KL_CLIP, METHODS, NO_CLIP
-from scripts.repro.records import Cell, Run, cell, difference, verdict
+from scripts.repro.records import Cell, Run, cell, difference, select, verdict
 from scripts.repro.run import Layout
 from scripts.repro.sweeps import Target
 from scripts.repro.table import Table, name
-from scripts.repro.tuning import chosen_lr
+from scripts.repro.tuning import chosen_lr, chosen_text
 
 
 def kappa(run: Run) -> float:
@@ -39,7 +40,7 @@ def kappa_text(value: float) -> str:
 def clipped_epochs(runs: list[Run]) -> str:
     """Mean over the finished runs of the number of epochs clipped on every step."""
     counts = [
-        sum(row.get("kl_clip_rate") == 1.0 for row in r.epochs)
+        clipped_on_every_step(r.epochs)
         for r in runs
         if r.status == "completed" and any("kl_clip_rate" in row for row in r.epochs)
     ]
@@ -51,10 +52,9 @@ def sgd_runs(target: Target, runs: list[Run], layout: Layout) -> tuple[list[Run]
     sgd = [r for r in runs if r.overrides.get("optimizer") == "sgd"]
     if not target.tuned:
         return sgd, str(sgd[0].get("optimizer.lr", "—")) if sgd else "—"
-    lr = chosen_lr(target.tuned[0], layout)
-    if lr is None:
-        return [], "sweep unfinished"
-    return [r for r in sgd if float(r.overrides["optimizer.lr"]) == lr], f"{lr:g}"
+    tuned = target.tuned[0]
+    lr = chosen_lr(tuned, layout)
+    return (select(sgd, optimizer__lr=lr) if lr is not None else []), chosen_text(tuned, layout)
 
 
 def kl_sweep(target: Target, runs: list[Run], layout: Layout) -> Table:
