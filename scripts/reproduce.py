@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=1,
-        help="runs side by side, each its own process (default 1: one Hydra multirun per sweep)",
+        help="runs side by side, each its own process (default 1: one Hydra multirun per sweep, "
+        "sweeps that differ in one value joined)",
     )
     parser.add_argument(
         "--time-limit",

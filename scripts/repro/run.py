@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.records import finished_run
-from scripts.repro.sweeps import Sweep, Target, run_dirname
+from scripts.repro.sweeps import Sweep, Target, merge_sweeps, run_dirname
 from scripts.repro.tuning import chosen_lr, current_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,8 +198,10 @@ def run_targets(
     """Launch the targets' unfinished runs and benchmark calls; returns log lines per target.
 
     ``jobs == 1``: one ``train.py -m`` multirun per sweep, one after another (``extra`` may
-    name a Hydra launcher, e.g. Slurm); tuned settings first run their lr sweeps, then their
-    final seeds at the chosen rate (after the rates a sweep adds past an edge its best sat on).
+    name a Hydra launcher, e.g. Slurm), sweeps of all the targets that differ in one value
+    joined into one multirun (:func:`~scripts.repro.sweeps.merge_sweeps`); tuned settings first
+    run their lr sweeps, then their final seeds at the chosen rate (after the rates a sweep adds
+    past an edge its best sat on).
     ``jobs > 1`` (or a ``time_limit``): every run is its own
     process (:class:`~scripts.repro.pool.RunPool`), up to ``jobs``
     at a time (e.g. several small runs on one GPU), final seeds queued as soon as their sweep
@@ -258,21 +260,23 @@ def run_targets(
     launched: set[tuple[str, ...]] = set()
 
     def launch_sweeps(sweeps: Sequence[Sweep]) -> None:
-        for sweep in unfinished(sweeps, layout, force):
+        for sweep in merge_sweeps(unfinished(sweeps, layout, force)):
             command = sweep_command(sweep, layout, extra, force, nproc)
             if tuple(command) not in launched:  # a sweep two targets share runs once
                 launched.add(tuple(command))
                 launch(command)
 
+    # stage by stage over all targets, so that merge_sweeps can join sweeps of different targets
+    launch_sweeps([s for t in available for s in (*t.sweeps, *(x.sweep() for x in t.tuned))])
+    tuned = [x for t in available for x in t.tuned]
+    for _ in range(max((x.extend for x in tuned), default=0)):  # rates past an edge, by round
+        launch_sweeps([current_sweep(x, layout) for x in tuned])
+    finals = []
     for target in available:
-        launch_sweeps([*target.sweeps, *(t.sweep() for t in target.tuned)])
-    for target in available:  # rates past an edge, one round per extension allowed
-        for _ in range(max((t.extend for t in target.tuned), default=0)):
-            launch_sweeps([current_sweep(t, layout) for t in target.tuned])
-    for target in available:
-        finals, waiting = final_sweeps(target, layout)
+        sweeps, waiting = final_sweeps(target, layout)
         notes[target.name] += waiting
-        launch_sweeps(finals)
+        finals += sweeps
+    launch_sweeps(finals)
     for command in benches:
         launch(command)
     return notes

@@ -7,6 +7,7 @@ from __future__ import annotations
 from scripts.repro import run as repro_run
 from scripts.repro.render import render
 from scripts.repro.run import Layout
+from scripts.repro.sweeps import merge_sweeps
 from scripts.repro.targets import target
 from scripts.repro.tuning import chosen_lr
 from tests.scripts.repro.fabricate import fabricate
@@ -133,7 +134,8 @@ def test_paper_scale_dry_run_prints_torchrun_and_launcher_commands(tmp_path, cap
     tgt = target("table4", "paper")
     repro_run.run_targets([tgt], layout, dry_run=True, extra=["hydra/launcher=slurm_8x4"], nproc=4)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(lines) == len(tgt.sweeps) == 6
+    # 6 sweeps (a model on a dataset each); those on one dataset differ in the model only
+    assert len(tgt.sweeps) == 6 and len(lines) == len(merge_sweeps(tgt.sweeps)) == 4
     for line in lines:
         assert "-m torch.distributed.run --nproc_per_node=4" in line and "train.py -m" in line
         assert "hydra/launcher=slurm_8x4" in line and "optimizer=sgd,kfac,eva" in line
@@ -143,8 +145,10 @@ def test_paper_scale_dry_run_prints_torchrun_and_launcher_commands(tmp_path, cap
 def test_cpu_dry_run_prints_the_sweeps_and_the_benchmark(tmp_path, capsys):
     repro_run.run_targets([target("lm", "cpu")], Layout(tmp_path, "cpu"), dry_run=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(lines) == 8 and "-m scripts.bench --experiment lm,scale=cpu --steps 30" in lines[-1]
-    sweep = "experiment=lm scale=cpu optimizer=adamw seed=0 optimizer.lr=0.001,0.002,0.004"
+    assert "-m scripts.bench --experiment lm,scale=cpu --steps 30" in lines[-1]
+    # 7 lr sweeps in 3 multiruns: the settings that share their other overrides and rates
+    assert len(target("lm", "cpu").tuned) == 7 and len(lines) == 3 + 1
+    sweep = "experiment=lm scale=cpu seed=0 optimizer=adamw,eva_adamw optimizer.lr=0.001,0.002"
     assert sweep in lines[0]
     assert not (tmp_path / "runs").exists()
 
