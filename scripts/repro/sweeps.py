@@ -123,13 +123,11 @@ def _union(a: Sweep, b: Sweep, keep_apart: Collection[str]) -> Sweep | None:
         return a
     if all(sa[k] <= sb[k] for k in sa):
         return b
-    differ = [k for k in va if sa[k] != sb[k]]
-    if len(differ) > 1 or any(k in keep_apart for k in differ):
+    differ = [k for k in va if sa[k] != sb[k]]  # not none: neither holds the other's runs
+    if len(differ) > 1 or differ[0] in keep_apart:
         return None
-    if differ:
-        (key,) = differ
-        seen = {fmt(v) for v in va[key]}
-        va[key] = (*va[key], *(v for v in vb[key] if fmt(v) not in seen))
+    key = differ[0]
+    va[key] = (*va[key], *(v for v in vb[key] if fmt(v) not in sa[key]))
     fixed = {k: vs[0] for k, vs in va.items() if len(vs) == 1}
     axes = {k: vs for k, vs in va.items() if len(vs) > 1}
     return Sweep(a.experiment, axes, fixed, a.scale)
